@@ -1,0 +1,152 @@
+"""Attention pieces shared by the Qwen2 decoder's full forward, shared-prefix suffix and KV cache.
+
+Layouts (B batch, T/S query tokens, P prefix/cache slots, N query heads, K kv heads, hd head dim,
+L layers):
+- activations q [B, T, N, hd], k/v [B, T, K, hd] (GQA: N is a multiple of K);
+- `KV(k, v)`: per-layer keys/values stacked on a leading layers axis, [L, B, P, K, hd], RoPE
+  already applied to k;
+- `KVCache(k, v, valid, index, position)`: a fixed-size decode cache [L, B, S_max, K, hd] with
+  `valid` [B, S_max] (slots that may be attended to), `index` [B] (next slot to write) and
+  `position` [B] (RoPE position of the next token).
+
+Masks are boolean, True = may attend, shaped [B, 1, T_q, T_k] (one mask for all heads).
+`jax.nn.dot_product_attention(is_causal=True)` aligns its causal mask top-left, which is only
+right when T_q == T_k; every other case here gets an explicit mask.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+
+class KV(NamedTuple):
+    """Keys (RoPE applied) and values of every layer: each [L, B, P, K, hd]."""
+
+    k: jax.Array
+    v: jax.Array
+
+
+class KVCache(NamedTuple):
+    """Fixed-size decode cache; slot j of row b holds a token iff valid[b, j]."""
+
+    k: jax.Array  # [L, B, S_max, K, hd]
+    v: jax.Array  # [L, B, S_max, K, hd]
+    valid: jax.Array  # [B, S_max] bool
+    index: jax.Array  # [B] int32: next slot written by decode_step
+    position: jax.Array  # [B] int32: RoPE position of the next token
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate-half RoPE: x*cos(p*w) + rotate_half(x)*sin(p*w), w_j = theta^(-2j/hd).
+
+    x [B, T, heads, hd], positions [B, T] integers. Angles are formed in f32 from the integer
+    positions (bf16 angles are useless beyond a few hundred tokens); the result has x's dtype.
+    """
+    hd = x.shape[-1]
+    inv_freq = 1.0 / (jnp.float32(theta) ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def self_attention_mask(key_mask: jax.Array) -> jax.Array:
+    """[B, T] key validity -> [B, 1, T, T]: query i sees key j iff j <= i and key j is valid.
+
+    A query always sees itself, so a padding query never has an empty row (no NaN); valid
+    queries are unaffected because their own key is valid.
+    """
+    t = key_mask.shape[-1]
+    idx = jnp.arange(t)
+    causal = idx[:, None] >= idx[None, :]
+    allowed = causal[None] & (key_mask[:, None, :] | jnp.eye(t, dtype=bool)[None])
+    return allowed[:, None]
+
+
+def suffix_attention_mask(
+    kv_mask: jax.Array, own_mask: Optional[jax.Array], seq_len: int, group: int
+) -> jax.Array:
+    """Mask for `group` suffix rows per prefix row, merged into one query block per prefix.
+
+    kv_mask [Bp, P] (prefix key validity); own_mask [Bp * group, S] or None (suffix key
+    validity). Returns [Bp, 1, group*S, P + group*S]: every query sees the valid prefix keys,
+    and within the merged block only the keys of its own row, causally (a block-diagonal
+    causal mask), and always itself.
+    """
+    bp = kv_mask.shape[0]
+    n = group * seq_len
+    idx = jnp.arange(n)
+    own = (idx[:, None] // seq_len == idx[None, :] // seq_len) & (idx[:, None] >= idx[None, :])
+    own = jnp.broadcast_to(own[None], (bp, n, n))
+    if own_mask is not None:
+        key_ok = own_mask.reshape(bp, 1, n) | jnp.eye(n, dtype=bool)[None]
+        own = own & key_ok
+    prefix = jnp.broadcast_to(kv_mask[:, None, :].astype(bool), (bp, n, kv_mask.shape[-1]))
+    return jnp.concatenate([prefix, own], axis=-1)[:, None]
+
+
+def attend(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    mask: Optional[jax.Array],
+    implementation: Optional[str],
+) -> jax.Array:
+    """softmax(q k^T / sqrt(hd) + mask) v with GQA. mask None means plain causal (T_q == T_k)."""
+    t, s = q.shape[1], k.shape[1]
+    if mask is None and t != s:
+        raise ValueError(
+            f"causal attention without a mask needs equal query/key lengths, got {t} vs {s} "
+            "(is_causal would align top-left)"
+        )
+    pad_t, pad_s = (t % 2, s % 2) if implementation == "cudnn" else (0, 0)
+    if pad_t or pad_s:
+        # cuDNN's differentiated kernels reject odd lengths: add one dropped query and/or one
+        # key nobody attends to (causally in the future, or masked with cuDNN's finite
+        # large-negative bias, so a fully masked padding row is uniform, never NaN).
+        q = jnp.pad(q, ((0, 0), (0, pad_t), (0, 0), (0, 0)))
+        k, v = (jnp.pad(x, ((0, 0), (0, pad_s), (0, 0), (0, 0))) for x in (k, v))
+        if mask is not None:
+            mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
+    if mask is None:
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+    else:
+        out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
+    return out[:, :t]
+
+
+def write_rows(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+    """buffer[:, b, index[b]:index[b]+S] = new[:, b] for every row b (per-row offsets).
+
+    buffer [L, B, S_max, ...], new [L, B, S, ...], index [B]. dynamic_update_slice clamps an
+    out-of-range start, so callers must keep index + S <= S_max.
+    """
+
+    def one_row(buf, upd, i):
+        start = (0, i) + (0,) * (buf.ndim - 2)
+        return jax.lax.dynamic_update_slice(buf, upd.astype(buf.dtype), start)
+
+    return jax.vmap(one_row, in_axes=(1, 1, 0), out_axes=1)(buffer, new, index)
+
+
+def mark_valid(valid: jax.Array, index: jax.Array, count: int) -> jax.Array:
+    """valid[b, index[b]:index[b]+count] = True."""
+    slots = jnp.arange(valid.shape[-1])[None, :]
+    return valid | ((slots >= index[:, None]) & (slots < index[:, None] + count))
+
+
+def repeat_cache(cache: KVCache, times: int) -> KVCache:
+    """Repeats each row `times` times (rows grouped: row b -> rows b*times ... b*times+times-1),
+    e.g. to draw several samples from one prefill."""
+    return KVCache(
+        k=jnp.repeat(cache.k, times, axis=1),
+        v=jnp.repeat(cache.v, times, axis=1),
+        valid=jnp.repeat(cache.valid, times, axis=0),
+        index=jnp.repeat(cache.index, times, axis=0),
+        position=jnp.repeat(cache.position, times, axis=0),
+    )

@@ -1,0 +1,168 @@
+"""Configuration dataclasses and named presets for the Video-LLM.
+
+Presets describe shapes only; weights come from `load_hf` or a seeded random init.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+POOL_MODES = ("bilinear", "average", "none")
+NEWLINE_LAYOUTS = ("grid", "one_token", "frame", "no_token")
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig:
+    """SigLIP vision tower. `num_layers` counts the layers actually run (26 for LLaVA-OV)."""
+
+    image_size: int = 384
+    patch_size: int = 14
+    num_channels: int = 3
+    hidden_size: int = 1152
+    intermediate_size: int = 4304
+    num_layers: int = 26
+    num_heads: int = 16
+    layer_norm_eps: float = 1e-6
+    # Normalisation the data pipeline applies to uint8 frames: (x / 255 - mean) / std.
+    image_mean: tuple = (0.5, 0.5, 0.5)
+    image_std: tuple = (0.5, 0.5, 0.5)
+
+    @property
+    def grid_size(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid_size**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """Qwen2 / Llama-architecture decoder."""
+
+    vocab_size: int = 151936
+    hidden_size: int = 896
+    intermediate_size: int = 4864
+    num_layers: int = 24
+    num_heads: int = 14
+    num_kv_heads: int = 2
+    head_dim: Optional[int] = None  # None: hidden_size // num_heads
+    rope_theta: float = 1_000_000.0
+    rms_norm_eps: float = 1e-6
+    attention_bias: bool = True  # Qwen2: q/k/v bias; Llama: none
+    tie_word_embeddings: bool = True
+    max_position_embeddings: int = 32768
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoLLMConfig:
+    """LLaVA-OneVision / LLaVA-Video: SigLIP -> projector -> per-frame pool -> newlines -> Qwen2.
+
+    `vision=None` describes a text-only decoder (a plain Qwen2 / Llama causal-LM checkpoint).
+    """
+
+    vision: Optional[VisionConfig] = dataclasses.field(default_factory=VisionConfig)
+    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    pool_mode: str = "bilinear"  # bilinear: ceil(n/2) per side; average: 2x2 avg pool, floor
+    newline: str = "one_token"  # grid | one_token | frame | no_token
+    num_frames: int = 32
+    image_token_index: int = 151646
+    video_token_index: int = 151647
+    # Compute / parameter dtypes and attention implementation ("xla", "cudnn" or None = JAX picks).
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: Optional[str] = None
+    remat: bool = False
+
+    def __post_init__(self):
+        if self.pool_mode not in POOL_MODES:
+            raise ValueError(f"pool_mode={self.pool_mode!r}; expected one of {POOL_MODES}")
+        if self.newline not in NEWLINE_LAYOUTS:
+            raise ValueError(f"newline={self.newline!r}; expected one of {NEWLINE_LAYOUTS}")
+
+    def replace(self, **changes) -> "VideoLLMConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def pooled_grid(config: VideoLLMConfig) -> int:
+    """Tokens per side of one frame after pooling (27 -> 14 bilinear, 13 average)."""
+    n = config.vision.grid_size
+    if config.pool_mode == "bilinear":
+        return math.ceil(n / 2)
+    if config.pool_mode == "average":
+        return n // 2
+    return n
+
+
+def num_video_tokens(config: VideoLLMConfig, num_frames: Optional[int] = None) -> int:
+    """Number of placeholder ids one video of `num_frames` frames occupies in the prompt."""
+    if config.vision is None:
+        raise ValueError("this model has no vision tower (text-only config): it takes no video")
+    frames = config.num_frames if num_frames is None else int(num_frames)
+    side = pooled_grid(config)
+    per_frame = side * side
+    if config.newline == "grid":
+        return frames * side * (side + 1)
+    if config.newline == "frame":
+        return frames * (per_frame + 1)
+    if config.newline == "one_token":
+        return frames * per_frame + 1
+    return frames * per_frame
+
+
+_SIGLIP_SO400M = VisionConfig()
+
+PRESETS = {
+    # CPU tests: every shape relation kept (GQA, odd 3x3 patch grid, full Qwen vocabulary).
+    "tiny": VideoLLMConfig(
+        vision=VisionConfig(
+            image_size=24, patch_size=8, hidden_size=32, intermediate_size=64,
+            num_layers=2, num_heads=4,
+        ),
+        text=TextConfig(
+            vocab_size=151936, hidden_size=64, intermediate_size=128, num_layers=2,
+            num_heads=4, num_kv_heads=2, rope_theta=10000.0, tie_word_embeddings=True,
+            max_position_embeddings=4096,
+        ),
+        pool_mode="bilinear",
+        newline="one_token",
+        num_frames=4,
+    ),
+    "llava-ov-qwen2-0.5b": VideoLLMConfig(
+        vision=_SIGLIP_SO400M,
+        text=TextConfig(
+            vocab_size=151936, hidden_size=896, intermediate_size=4864, num_layers=24,
+            num_heads=14, num_kv_heads=2, rope_theta=1_000_000.0, tie_word_embeddings=True,
+        ),
+        pool_mode="bilinear",
+        newline="one_token",
+        num_frames=32,
+    ),
+    "llava-video-qwen2-7b": VideoLLMConfig(
+        vision=_SIGLIP_SO400M,
+        text=TextConfig(
+            vocab_size=152064, hidden_size=3584, intermediate_size=18944, num_layers=28,
+            num_heads=28, num_kv_heads=4, rope_theta=1_000_000.0, tie_word_embeddings=False,
+        ),
+        pool_mode="bilinear",
+        newline="grid",
+        num_frames=64,
+    ),
+}
+
+
+def get_preset(name: str) -> VideoLLMConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}") from None

@@ -1,0 +1,377 @@
+"""Qwen2 / Llama decoder in Flax NNX: stacked layers under `lax.scan`, returns hidden states.
+
+Per layer (pre-norm): x += o(attn(rope(q(n1(x))), rope(k(n1(x))), v(n1(x))));
+x += down(silu(gate(n2(x))) * up(n2(x))); the output is norm(x) [B, T, D], never logits
+(`lm_head_kernel()` gives the [D, V] matrix; apply it only where log-probs are needed).
+
+Parameters (L layers, D hidden, V vocab, N heads, K kv heads, hd head dim, F mlp) with their
+logical axes (`out_sharding` metadata) and HF tensors ({p} = prefix, default "model."; {l} =
+{p}layers.{i}.; "T": linear weight [out, in] transposed, then the head axis split out; biases
+[N*hd] -> [N, hd]; per-layer tensors are stacked on a leading layers axis):
+path               shape       logical axes                      HF tensor
+embed_tokens       [V,D]       vocab, embed                      {p}embed_tokens.weight
+layers.input_norm  [L,D]       layers, norm                      {l}input_layernorm.weight
+layers.q_kernel    [L,D,N,hd]  layers, embed, heads, head_dim    {l}self_attn.q_proj.weight T
+layers.q_bias      [L,N,hd]    layers, heads, head_dim           {l}self_attn.q_proj.bias
+layers.k_kernel    [L,D,K,hd]  layers, embed, kv_heads, head_dim {l}self_attn.k_proj.weight T
+layers.k_bias      [L,K,hd]    layers, kv_heads, head_dim        {l}self_attn.k_proj.bias
+layers.v_kernel    [L,D,K,hd]  layers, embed, kv_heads, head_dim {l}self_attn.v_proj.weight T
+layers.v_bias      [L,K,hd]    layers, kv_heads, head_dim        {l}self_attn.v_proj.bias
+layers.o_kernel    [L,N,hd,D]  layers, heads, head_dim, embed    {l}self_attn.o_proj.weight T
+layers.post_norm   [L,D]       layers, norm                      {l}post_attention_layernorm.weight
+layers.gate_kernel [L,D,F]     layers, embed, mlp                {l}mlp.gate_proj.weight T
+layers.up_kernel   [L,D,F]     layers, embed, mlp                {l}mlp.up_proj.weight T
+layers.down_kernel [L,F,D]     layers, mlp, embed                {l}mlp.down_proj.weight T
+final_norm         [D]         norm                              {p}norm.weight
+lm_head            [D,V]       embed, vocab                      lm_head.weight T (untied only)
+With tied embeddings there is no lm_head Param: lm_head_kernel() is embed_tokens.T.
+The q/k/v biases exist only when `TextConfig.attention_bias` (Qwen2); Llama has none.
+
+Entry points (embeddings in, because video embeddings are merged into the text first):
+- `embed(ids)`, `__call__(embeds, positions=None, mask=None) -> hidden`;
+- `prefix(embeds, positions=None, mask=None) -> (hidden, KV)`;
+- `suffix(embeds, positions, kv_prefix, kv_mask=None, mask=None) -> hidden`;
+- `init_cache(batch, max_len)`, `prefill(embeds, positions, mask, max_len=) -> (hidden, cache)`,
+  `decode_step(embeds, cache, positions=None) -> (hidden, cache)` (the same suffix code).
+`mask` is [B, T] key validity; positions default to 0..T-1. Without a mask, attention is plain
+causal (`is_causal=True`, the fused kernel); with right padding that is already exact at every
+valid position (padded keys only follow valid queries), so callers may omit the mask there;
+an explicit mask is [B, 1, T, T] (cuDNN turns it into a bias of that size), fine for suffixes
+and decoding, too big for a 13k-token prompt. With "cudnn", odd lengths are padded by one.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leanpo_jax.models.attention import (
+    KV, KVCache, apply_rope, attend, mark_valid, self_attention_mask, suffix_attention_mask,
+    write_rows,
+)
+from leanpo_jax.models.config import TextConfig, VideoLLMConfig
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """weight * x / sqrt(mean(x^2) + eps), statistics in f32, result in x's dtype (as HF)."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight.astype(x.dtype) * normed.astype(x.dtype)
+
+
+def _mesh_active() -> bool:
+    return not jax.sharding.get_abstract_mesh().empty
+
+
+class _Init:
+    """Creates Params with logical axis names; eager sharding only where a mesh exists, so the
+    module also builds on one CPU device with no mesh."""
+
+    def __init__(self, rngs: nnx.Rngs, param_dtype, eager_sharding: Optional[bool]):
+        self.rngs, self.dtype = rngs, param_dtype
+        self.eager = (nnx.using_eager_sharding() and _mesh_active()
+                      if eager_sharding is None else eager_sharding)
+
+    def normal(self, shape, names, std=0.02) -> nnx.Param:
+        value = std * jax.random.normal(self.rngs.params(), shape, jnp.float32)
+        return nnx.Param(value.astype(self.dtype), out_sharding=names, eager_sharding=self.eager)
+
+    def const(self, shape, names, fill) -> nnx.Param:
+        value = jnp.full(shape, fill, self.dtype)
+        return nnx.Param(value, out_sharding=names, eager_sharding=self.eager)
+
+
+# Layer parameter name -> (logical axes, HF name inside layer i, transform kind).
+_LAYER_PARAMS = {
+    "input_norm": (("layers", "norm"), "input_layernorm.weight", "as_is"),
+    "q_kernel": (("layers", "embed", "heads", "head_dim"), "self_attn.q_proj.weight", "kernel"),
+    "q_bias": (("layers", "heads", "head_dim"), "self_attn.q_proj.bias", "vector"),
+    "k_kernel": (("layers", "embed", "kv_heads", "head_dim"), "self_attn.k_proj.weight", "kernel"),
+    "k_bias": (("layers", "kv_heads", "head_dim"), "self_attn.k_proj.bias", "vector"),
+    "v_kernel": (("layers", "embed", "kv_heads", "head_dim"), "self_attn.v_proj.weight", "kernel"),
+    "v_bias": (("layers", "kv_heads", "head_dim"), "self_attn.v_proj.bias", "vector"),
+    "o_kernel": (("layers", "heads", "head_dim", "embed"), "self_attn.o_proj.weight", "kernel_out"),
+    "post_norm": (("layers", "norm"), "post_attention_layernorm.weight", "as_is"),
+    "gate_kernel": (("layers", "embed", "mlp"), "mlp.gate_proj.weight", "kernel"),
+    "up_kernel": (("layers", "embed", "mlp"), "mlp.up_proj.weight", "kernel"),
+    "down_kernel": (("layers", "mlp", "embed"), "mlp.down_proj.weight", "kernel"),
+}
+_BIASES = ("q_bias", "k_bias", "v_bias")
+
+
+def layer_param_shapes(c: TextConfig) -> dict:
+    """Shape of one layer's slice of each stacked parameter (biases only with attention_bias)."""
+    d, f, n, k, hd = (c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+                      c.resolved_head_dim)
+    shapes = {
+        "input_norm": (d,), "q_kernel": (d, n, hd), "q_bias": (n, hd), "k_kernel": (d, k, hd),
+        "k_bias": (k, hd), "v_kernel": (d, k, hd), "v_bias": (k, hd), "o_kernel": (n, hd, d),
+        "post_norm": (d,), "gate_kernel": (d, f), "up_kernel": (d, f), "down_kernel": (f, d),
+    }
+    if not c.attention_bias:
+        shapes = {name: s for name, s in shapes.items() if name not in _BIASES}
+    return shapes
+
+
+class DecoderLayers(nnx.Module):
+    """All decoder layers' parameters, stacked on a leading `layers` axis."""
+
+    def __init__(self, config: TextConfig, init: _Init):
+        for name, shape in layer_param_shapes(config).items():
+            full, names = (config.num_layers,) + shape, _LAYER_PARAMS[name][0]
+            if name.endswith("norm"):
+                setattr(self, name, init.const(full, names, 1.0))
+            elif name in _BIASES:
+                setattr(self, name, init.const(full, names, 0.0))
+            else:
+                setattr(self, name, init.normal(full, names))
+
+    def arrays(self) -> dict:
+        return {name: getattr(self, name)[...] for name in _LAYER_PARAMS if hasattr(self, name)}
+
+
+class Qwen2(nnx.Module):
+    """Qwen2 (q/k/v bias) or Llama (no bias) decoder; see the module docstring.
+
+    dtype: compute dtype (activations, K/V, the cache); param_dtype: stored Params (norm
+    statistics, RoPE angles and softmax stay f32 either way). attention_impl: None/"xla" or
+    "cudnn" (bf16/fp16 on GPU). remat: jax.checkpoint around each scanned layer.
+    eager_sharding: None shards Params at creation only when a mesh is active.
+    """
+
+    def __init__(self, config: TextConfig, *, rngs: nnx.Rngs, dtype="float32",
+                 param_dtype="float32", attention_impl: Optional[str] = None, remat: bool = False,
+                 eager_sharding: Optional[bool] = None):
+        if config.num_heads % config.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        self.config, self.remat, self.attention_impl = config, remat, attention_impl
+        self.dtype = jnp.dtype(dtype)
+        init = _Init(rngs, jnp.dtype(param_dtype), eager_sharding)
+        d, v = config.hidden_size, config.vocab_size
+        self.embed_tokens = init.normal((v, d), ("vocab", "embed"))
+        self.layers = DecoderLayers(config, init)
+        self.final_norm = init.const((d,), ("norm",), 1.0)
+        self.lm_head = (None if config.tie_word_embeddings
+                        else init.normal((d, v), ("embed", "vocab")))
+
+    @classmethod
+    def from_config(cls, config: VideoLLMConfig, *, rngs: nnx.Rngs, **overrides) -> "Qwen2":
+        """Decoder of a VideoLLMConfig with its dtypes, attention implementation and remat."""
+        kwargs = dict(dtype=config.dtype, param_dtype=config.param_dtype,
+                      attention_impl=config.attention_impl, remat=config.remat)
+        kwargs.update(overrides)
+        return cls(config.text, rngs=rngs, **kwargs)
+
+    # ----------------------------------------------------------------------------------- pieces
+    def embed(self, ids: jax.Array) -> jax.Array:
+        """Token ids [B, T] -> embeddings [B, T, D] in the compute dtype."""
+        return jnp.take(self.embed_tokens[...], ids, axis=0).astype(self.dtype)
+
+    def lm_head_kernel(self) -> jax.Array:
+        """[D, V] in the compute dtype: logits = hidden @ lm_head_kernel() (tied: embedding.T)."""
+        kernel = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
+        return kernel.astype(self.dtype)
+
+    def _layer(self, p: dict, x, positions, mask, prefix):
+        """One decoder layer; returns (x, (k, v)) with this call's own RoPE'd keys/values."""
+        c = self.config
+        p = {name: w.astype(self.dtype) for name, w in p.items()}
+        h = rms_norm(x, p["input_norm"], c.rms_norm_eps)
+        q = jnp.einsum("btd,dnh->btnh", h, p["q_kernel"])
+        k = jnp.einsum("btd,dnh->btnh", h, p["k_kernel"])
+        v = jnp.einsum("btd,dnh->btnh", h, p["v_kernel"])
+        if c.attention_bias:
+            q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
+        q, k = apply_rope(q, positions, c.rope_theta), apply_rope(k, positions, c.rope_theta)
+        if prefix is None:
+            out = attend(q, k, v, mask, self.attention_impl)
+        else:
+            # Merge the `group` suffix rows of each prefix row into one query block (a free
+            # reshape with grouped rows), so the prefix K/V is never copied per suffix row.
+            pk, pv = prefix
+            (b2, s, n, hd), bp = q.shape, pk.shape[0]
+            merge = lambda t: t.reshape(bp, (b2 // bp) * s, *t.shape[2:])
+            keys = jnp.concatenate([pk.astype(k.dtype), merge(k)], axis=1)
+            values = jnp.concatenate([pv.astype(v.dtype), merge(v)], axis=1)
+            out = attend(merge(q), keys, values, mask, self.attention_impl).reshape(b2, s, n, hd)
+        x = x + jnp.einsum("btnh,nhd->btd", out, p["o_kernel"])
+        h = rms_norm(x, p["post_norm"], c.rms_norm_eps)
+        mlp = jax.nn.silu(h @ p["gate_kernel"]) * (h @ p["up_kernel"])
+        return x + mlp @ p["down_kernel"], (k, v)
+
+    def _run(self, x, positions, mask, prefix: Optional[KV]):
+        """Scans the layers over x; returns (final-normed hidden, own KV stacked [L, ...])."""
+
+        def body(carry, xs):
+            p, pre = xs
+            return self._layer(p, carry, positions, mask, pre)
+
+        if self.remat:
+            body = jax.checkpoint(body, prevent_cse=False)
+        pre = None if prefix is None else (prefix.k, prefix.v)
+        x, (k, v) = jax.lax.scan(body, x.astype(self.dtype), (self.layers.arrays(), pre))
+        return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), KV(k, v)
+
+    # ----------------------------------------------------------------------------- entry points
+    def __call__(self, embeds, positions=None, mask=None) -> jax.Array:
+        """Full causal forward: embeds [B, T, D] -> hidden [B, T, D]."""
+        return self.prefix(embeds, positions, mask)[0]
+
+    def prefix(self, embeds, positions=None, mask=None):
+        """Causal forward over a prompt -> (hidden [B, P, D], KV with each [L, B, P, K, hd])."""
+        b, t = embeds.shape[:2]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        attn_mask = None if mask is None else self_attention_mask(mask.astype(bool))
+        return self._run(embeds, positions, attn_mask, None)
+
+    def suffix(self, embeds, positions, kv_prefix: KV, kv_mask=None, mask=None) -> jax.Array:
+        """Tokens that attend to [valid prefix keys ‖ their own row, causally] -> [B2, S, D].
+
+        embeds [B2, S, D], positions [B2, S] (explicit: they continue each row's prompt),
+        kv_prefix each [L, Bp, P, K, hd], kv_mask [Bp, P] prefix key validity (None: all valid),
+        mask [B2, S] own key validity (None: all valid; right padding needs none).
+        Broadcasting rule: B2 = g * Bp with rows grouped, suffix row r uses prefix row r // g
+        (g = 1: one prefix per row; Bp = 1: one prefix for all; pairs: [c0, r0, c1, r1, ...]).
+        Differentiable w.r.t. kv_prefix: gradients of all g rows add up in the prefix.
+        """
+        return self._suffix(embeds, positions, kv_prefix, kv_mask, mask)[0]
+
+    def _suffix(self, embeds, positions, kv_prefix: KV, kv_mask, mask):
+        b2, s = embeds.shape[:2]
+        bp, p = kv_prefix.k.shape[1:3]
+        if b2 % bp:
+            raise ValueError(f"suffix batch {b2} is not a multiple of the prefix batch {bp}")
+        kv_mask = jnp.ones((bp, p), bool) if kv_mask is None else kv_mask.astype(bool)
+        kv_mask = jnp.broadcast_to(kv_mask, (bp, p))
+        own = None if mask is None else mask.astype(bool)
+        attn_mask = suffix_attention_mask(kv_mask, own, s, b2 // bp)
+        return self._run(embeds, positions, attn_mask, kv_prefix)
+
+    # --------------------------------------------------------------------------------- KV cache
+    def init_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty cache: k/v zeros [L, batch, max_len, K, hd], nothing valid, index 0."""
+        c = self.config
+        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.resolved_head_dim)
+        zeros = jnp.zeros((batch,), jnp.int32)
+        return KVCache(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype),
+                       jnp.zeros((batch, max_len), bool), zeros, zeros)
+
+    def prefill(self, embeds, positions=None, mask=None, *, max_len: int):
+        """`prefix` over the prompt, stored in a cache of max_len slots -> (hidden, cache).
+
+        Slot j holds prompt token j; valid = mask; index = last valid slot + 1 (right padding:
+        the true length, so decoding overwrites the pad slots); position = last position + 1.
+        """
+        b, t = embeds.shape[:2]
+        if max_len < t:
+            raise ValueError(f"cache max_len={max_len} is shorter than the prompt ({t})")
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        hidden, kv = self.prefix(embeds, positions, mask)
+        pad = [(0, 0), (0, 0), (0, max_len - t), (0, 0), (0, 0)]
+        valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+        index = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1).astype(jnp.int32)
+        position = jnp.max(jnp.where(valid, positions + 1, 0), axis=1).astype(jnp.int32)
+        cache = KVCache(jnp.pad(kv.k, pad), jnp.pad(kv.v, pad),
+                        jnp.pad(valid, [(0, 0), (0, max_len - t)]), index, position)
+        return hidden, cache
+
+    def decode_step(self, embeds, cache: KVCache, positions=None):
+        """Runs S new tokens (usually 1) as a suffix over the cache, then writes their K/V at
+        each row's `index` -> (hidden [B, S, D], cache). Needs index + S <= max_len."""
+        b, s = embeds.shape[:2]
+        if positions is None:
+            positions = cache.position[:, None] + jnp.arange(s, dtype=jnp.int32)
+        hidden, own = self._suffix(embeds, positions, KV(cache.k, cache.v), cache.valid, None)
+        new_cache = KVCache(
+            k=write_rows(cache.k, own.k, cache.index),
+            v=write_rows(cache.v, own.v, cache.index),
+            valid=mark_valid(cache.valid, cache.index, s),
+            index=cache.index + s,
+            position=positions[:, -1].astype(jnp.int32) + 1,
+        )
+        return hidden, new_cache
+
+
+# ------------------------------------------------------------------------------- HF state dicts
+def hf_names(config: TextConfig, *, prefix: str = "model.",
+             lm_head_key: Optional[str] = "lm_head.weight") -> dict:
+    """Param path tuple -> (HF key, or list of per-layer keys, transform kind)."""
+    names = {("embed_tokens",): (f"{prefix}embed_tokens.weight", "as_is"),
+             ("final_norm",): (f"{prefix}norm.weight", "as_is")}
+    for name in layer_param_shapes(config):
+        hf, kind = _LAYER_PARAMS[name][1:]
+        names[("layers", name)] = (
+            [f"{prefix}layers.{i}.{hf}" for i in range(config.num_layers)], kind)
+    if not config.tie_word_embeddings:
+        names[("lm_head",)] = (lm_head_key, "kernel")
+    return names
+
+
+def hf_to_flax(kind: str, array: np.ndarray, shape) -> np.ndarray:
+    """One HF tensor -> one (unstacked) Flax param of `shape`: linear weights [out, in] are
+    transposed to [in, out] and the head axis split out; biases [N*hd] -> [N, hd]."""
+    array = np.asarray(array)
+    return (array if kind in ("as_is", "vector") else array.T).reshape(shape)
+
+
+def flax_to_hf(kind: str, array: np.ndarray) -> np.ndarray:
+    """Inverse of hf_to_flax: kernel [D, N, hd] -> [N*hd, D]; kernel_out [N, hd, D] -> [D, N*hd]."""
+    array = np.asarray(array)
+    if kind == "as_is":
+        return array
+    if kind == "vector":
+        return array.reshape(-1)
+    if kind == "kernel_out":
+        return array.reshape(-1, array.shape[-1]).T
+    return array.reshape(array.shape[0], -1).T
+
+
+def _variable(model: Qwen2, path):
+    node = model
+    for name in path:
+        node = getattr(node, name)
+    return node
+
+
+def load_hf_state_dict(model: Qwen2, state_dict, *, prefix: str = "model.",
+                       lm_head_key: Optional[str] = "lm_head.weight") -> set:
+    """Copies an HF Qwen2/Llama state dict (name -> numpy array) into `model`, stacking the
+    per-layer tensors; casts to each Param's dtype. Returns the set of HF keys consumed (with a
+    tied head, lm_head.weight is not needed and not consumed)."""
+    used, missing = set(), []
+    names = hf_names(model.config, prefix=prefix, lm_head_key=lm_head_key)
+    for path, (keys, kind) in names.items():
+        var = _variable(model, path)
+        key_list = keys if isinstance(keys, list) else [keys]
+        missing += [k for k in key_list if k not in state_dict]
+        if any(k not in state_dict for k in key_list):
+            continue
+        shape = var.shape[1:] if isinstance(keys, list) else var.shape
+        parts = [hf_to_flax(kind, np.asarray(state_dict[k]), shape) for k in key_list]
+        value = np.stack(parts) if isinstance(keys, list) else parts[0]
+        var[...] = jnp.asarray(value, dtype=var.dtype)
+        used.update(key_list)
+    if missing:
+        raise KeyError(f"state dict lacks {len(missing)} tensors, e.g. {missing[:5]}")
+    return used
+
+
+def export_hf_state_dict(model: Qwen2, *, prefix: str = "model.",
+                         lm_head_key: Optional[str] = "lm_head.weight") -> dict:
+    """The model's parameters as an HF state dict of numpy arrays (per-layer tensors unstacked);
+    a tied head writes no lm_head tensor, as HF's save_pretrained does."""
+    out = {}
+    names = hf_names(model.config, prefix=prefix, lm_head_key=lm_head_key)
+    for path, (keys, kind) in names.items():
+        value = np.asarray(_variable(model, path)[...])
+        if isinstance(keys, list):
+            out.update({k: flax_to_hf(kind, value[i]) for i, k in enumerate(keys)})
+        else:
+            out[keys] = flax_to_hf(kind, value)
+    return out
