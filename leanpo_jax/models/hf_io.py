@@ -1,0 +1,332 @@
+"""HF checkpoints <-> VideoLLM: LLaVA-OneVision / LLaVA-Video (llava-hf or lmms-lab), Qwen2, Llama.
+
+    model = load_hf("folder")                                # config.json + safetensors
+    model = load_hf("w.safetensors", preset="tiny")          # a bare file needs config=/preset=
+    save_hf(model, "out")    # llava-hf hub names + a config.json transformers loads
+
+Namings, detected from the tensor keys (models.md 1.9), all renamed to one canonical form (the
+llava-hf hub names; plain causal-LM names when the config is text-only):
+  llava-hf      language_model.model.*, language_model.lm_head.weight, multi_modal_projector.*,
+                image_newline, vision_tower.vision_model.* (hub) or vision_tower.* (the form
+                transformers 5 save_pretrained writes)
+  transformers  model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*,
+                model.image_newline, lm_head.weight (the in-memory state-dict names)
+  lmms-lab      model.{embed_tokens,layers,norm}.*, model.mm_projector.{0,2}.*,
+                model.vision_tower.vision_tower.vision_model.*, model.image_newline, lm_head.*
+  causal-lm     model.* and lm_head.weight only (Qwen2 / Llama): a text-only model
+Decisions. Known tensors the forward does not use (SigLIP layers past the feature layer, the
+SigLIP head, position_ids / rotary inv_freq buffers, a tied model's lm_head equal to its
+embeddings) go to `model.hf_extra` under canonical names and save_hf writes them back. Any other
+tensor is an error naming it: a config that does not match its weights must not load silently.
+Dtypes: each parameter keeps its stored dtype and config.dtype = param_dtype = the embedding's
+stored dtype, unless `dtype=` is given (then every float tensor, extras too, is cast to it).
+The config comes from config.json (hf_config.py; `config=` / `preset=` replace it), with
+vocab_size taken from the embedding's rows. A config.json we wrote carries a "leanpo_jax" dict
+(the whole VideoLLMConfig, e.g. pool/newline layouts transformers' class lacks) that wins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import warnings
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leanpo_jax.models.config import PRESETS, VideoLLMConfig, get_preset
+from leanpo_jax.models.connector import connector_hf_table
+from leanpo_jax.models.hf_config import config_from_hf, hf_config_dict
+from leanpo_jax.models.qwen2 import flax_to_hf, hf_names, hf_to_flax
+from leanpo_jax.models.safetensors_io import (
+    DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
+)
+from leanpo_jax.models.siglip import siglip_hf_table
+from leanpo_jax.models.video_llm import VideoLLM, abstract_model
+
+_LM, _LM_HEAD = "language_model.model.", "language_model.lm_head.weight"
+_VT, _TEXT_HEAD = "vision_tower.vision_model.", "lm_head.weight"
+
+# Source naming -> ordered (pattern, replacement) rules to the canonical llava-hf names; the
+# first rule that matches a key renames it, keys no rule matches keep their name.
+_RULES = {
+    "llava-hf": [(r"^vision_tower\.(?!vision_model\.)", _VT)],
+    "transformers": [
+        (r"^model\.language_model\.", _LM), (r"^lm_head\.", "language_model.lm_head."),
+        (r"^model\.vision_tower\.(vision_model\.)?", _VT),
+        (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+        (r"^model\.image_newline$", "image_newline")],
+    "lmms-lab": [
+        (r"^model\.vision_tower\.vision_tower\.vision_model\.", _VT),
+        (r"^model\.mm_projector\.0\.", "multi_modal_projector.linear_1."),
+        (r"^model\.mm_projector\.2\.", "multi_modal_projector.linear_2."),
+        (r"^model\.image_newline$", "image_newline"),
+        (r"^model\.(?!vision_tower\.|mm_projector\.)", _LM),
+        (r"^lm_head\.", "language_model.lm_head.")],
+}
+_RULES["causal-lm"] = _RULES["lmms-lab"]
+_VISION_LAYER = re.compile(r"^vision_tower\.vision_model\.encoder\.layers\.(\d+)\.(layer_norm[12]"
+                           r"|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.(weight|bias)$")
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+_TENSORS_PER_VISION_LAYER = 16
+_BUFFER = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
+
+
+# ------------------------------------------------------------------------------------- naming
+def detect_naming(keys, where: str = "checkpoint") -> str:
+    """Which of the namings above a set of tensor keys uses (see the module docstring)."""
+    keys = list(keys)
+
+    def has(*prefixes):
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has("language_model.model.", "language_model.lm_head."):
+        return "llava-hf"
+    if has("model.language_model."):
+        return "transformers"
+    if has("model.mm_projector.", "model.vision_tower.vision_tower.", "model.image_newline"):
+        return "lmms-lab"
+    if has("model.embed_tokens.", "model.layers.", "model.norm."):
+        return "causal-lm"
+    raise ValueError(f"{where}: cannot tell the naming from its tensor names (e.g. "
+                     f"{sorted(keys)[:5]}); expected llava-hf (language_model.model.*), "
+                     "transformers (model.language_model.*), lmms-lab or causal-LM (model.*)")
+
+
+def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint") -> dict:
+    """{canonical name: name in the file} for every key."""
+    out = {}
+    for key in keys:
+        name = key
+        for pattern, repl in _RULES[naming]:
+            name, hits = re.subn(pattern, repl, key, count=1)
+            if hits:
+                break
+        if text_only:
+            name = re.sub(r"^language_model\.(?=model\.|lm_head\.)", "", name)
+        if name in out:
+            raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
+        out[name] = key
+    return out
+
+
+def _is_known_extra(name: str, config: VideoLLMConfig) -> bool:
+    if _BUFFER.search(name):
+        return True
+    if config.vision is None:
+        return False
+    m = _VISION_LAYER.match(name)
+    return int(m.group(1)) >= config.vision.num_layers if m else name.startswith(_VT + "head.")
+
+
+def _extra_vision_layers(names, used: int) -> int:
+    """How many complete SigLIP layers used, used+1, ... the extras hold (0 if any gap)."""
+    counts = {}
+    for n in names:
+        m = _VISION_LAYER.match(n)
+        if m:
+            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
+    complete = set(counts.values()) <= {_TENSORS_PER_VISION_LAYER}
+    contiguous = sorted(counts) == list(range(used, used + len(counts)))
+    return len(counts) if complete and contiguous else 0
+
+
+# ----------------------------------------------------------------------------- parameter table
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    path: tuple  # attribute path inside VideoLLM
+    layer: Optional[int]  # index on the stacked `layers` axis, None when not stacked
+    name: str  # canonical HF name
+    to_flax: Callable  # (hf array, one slice's shape) -> our layout
+    to_hf: Callable
+
+
+def _table(config: VideoLLMConfig) -> list:
+    """Every parameter of the model as canonical HF tensors."""
+    text_only = config.vision is None
+    names = hf_names(config.text, prefix="model." if text_only else _LM,
+                     lm_head_key=_TEXT_HEAD if text_only else _LM_HEAD)
+    out = []
+    for path, (keys, kind) in names.items():
+        to_flax, to_hf = functools.partial(hf_to_flax, kind), functools.partial(flax_to_hf, kind)
+        pairs = enumerate(keys) if isinstance(keys, list) else [(None, keys)]
+        out += [_Entry(("language_model",) + path, i, k, to_flax, to_hf) for i, k in pairs]
+    if not text_only:
+        for root, table in (("vision_tower", siglip_hf_table(config, _VT)),
+                            ("connector", connector_hf_table(config, ""))):
+            out += [_Entry((root,) + e.path, e.layer, e.hf_key,
+                           lambda a, shape, f=e.to_flax: f(a), e.to_hf) for e in table]
+    return out
+
+
+def _groups(table) -> dict:
+    groups = {}
+    for e in table:
+        groups.setdefault(e.path, []).append(e)
+    return groups
+
+
+def _variable(model, path) -> nnx.Variable:
+    for name in path:
+        model = getattr(model, name)
+    return model
+
+
+# --------------------------------------------------------------------------------------- load
+def _resolve_config(path, ckpt, naming, config, preset) -> VideoLLMConfig:
+    if config is not None and preset is not None:
+        raise ValueError("pass config= or preset=, not both")
+    if config is not None:
+        return config
+    if preset is not None:
+        return get_preset(preset)
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
+                         "unknown; pass config=VideoLLMConfig(...) or preset=<one of "
+                         f"{sorted(PRESETS)}>")
+    with open(cfg_file) as f:
+        config = config_from_hf(json.load(f), base_dir=path)
+    # The embedding's rows are the truth for vocab_size (releases pad the table differently).
+    text_only = config.vision is None
+    emb = canonical_names(ckpt, naming, text_only, path).get(
+        ("model." if text_only else _LM) + "embed_tokens.weight")
+    if emb is None:
+        return config
+    return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(emb)[1][0]))
+
+
+def _check_names(path, naming, names, table, config) -> tuple:
+    """-> (extra canonical names, tied head name or None); raises naming every tensor that is
+    missing or unknown."""
+    needed = {e.name for e in table}
+    head = _TEXT_HEAD if config.vision is None else _LM_HEAD
+    tied_head = head if config.text.tie_word_embeddings and head in names else None
+    extras = sorted(n for n in names if n not in needed and _is_known_extra(n, config))
+    unknown = sorted(names[n] for n in names if n not in needed and n not in extras
+                     and n != tied_head)
+    missing = sorted(needed - set(names))
+    if missing or unknown:
+        raise ValueError(
+            f"{path} ({naming} naming) does not match the model config: "
+            + (f"{len(missing)} tensors missing (canonical names): {missing}; " if missing else "")
+            + (f"{len(unknown)} unknown tensors: {unknown}; " if unknown else "")
+            + "check the layer counts, tie_word_embeddings and attention_bias of the config "
+            "(config.json, config= or preset=).")
+    return extras, tied_head
+
+
+def load_hf(path, *, config: Optional[VideoLLMConfig] = None, preset: Optional[str] = None,
+            dtype=None) -> VideoLLM:
+    """A VideoLLM from an HF folder (config.json + safetensors, sharded or not) or a bare
+    .safetensors file (needs config= or preset=); `config`/`preset` override config.json.
+    Each tensor is read once and streamed into an abstractly built model (no random init)."""
+    path = os.fspath(path)
+    ckpt = open_checkpoint(path)
+    naming = detect_naming(ckpt, path)
+    config = _resolve_config(path, ckpt, naming, config, preset)
+    names = canonical_names(ckpt, naming, config.vision is None, path)
+    table = _table(config)
+    extras, tied_head = _check_names(path, naming, names, table, config)
+    target = None if dtype is None else np.dtype(jnp.dtype(dtype))
+    emb_name = next(e.name for e in table if e.path == ("language_model", "embed_tokens"))
+    dt = (target or np.dtype(ckpt.info(names[emb_name])[0])).name
+    model = abstract_model(config.replace(dtype=dt, param_dtype=dt))
+
+    def cast(a):
+        floating = jnp.issubdtype(a.dtype, jnp.floating)
+        return a.astype(target) if target is not None and floating else a
+
+    for path_, entries in _groups(table).items():
+        var, buf = _variable(model, path_), None
+        full = tuple(var.shape)
+        for e in entries:
+            shape = full if e.layer is None else full[1:]
+            raw = ckpt[names[e.name]]
+            try:
+                arr = np.asarray(e.to_flax(raw, shape))
+            except ValueError:  # a reshape to the model's shape failed
+                arr = None
+            if arr is None or arr.shape != shape:
+                raise ValueError(f"{path}: tensor {names[e.name]!r} has shape {list(raw.shape)}, "
+                                 f"which does not fit parameter {'.'.join(path_)} {list(full)}")
+            if e.layer is None:
+                buf = cast(arr)
+            else:
+                if buf is None:  # one preallocated stack: no per-layer copies kept around
+                    buf = np.empty(full, target or arr.dtype)
+                buf[e.layer] = arr
+        var.set_value(jnp.asarray(buf))
+        del buf
+    extra_values = {n: jnp.asarray(cast(ckpt[names[n]])) for n in extras}
+    if tied_head is not None:
+        embedding = np.asarray(jax.device_get(model.language_model.embed_tokens.get_value()))
+        value = cast(np.asarray(ckpt[names[tied_head]]))
+        if not np.array_equal(value, embedding):
+            raise ValueError(f"{path}: {names[tied_head]!r} differs from the embeddings but the "
+                             "config ties them; use a config with tie_word_embeddings=False")
+        extra_values[tied_head] = jnp.asarray(value)
+    model.hf_extra.set_value(dict(sorted(extra_values.items())))
+    abstract = [jax.tree_util.keystr(p) for p, x in
+                jax.tree_util.tree_leaves_with_path(nnx.state(model))
+                if isinstance(x, jax.ShapeDtypeStruct)]
+    if abstract:
+        raise RuntimeError(f"{path}: parameters left unloaded (a loader bug): {abstract}")
+    return model
+
+
+# --------------------------------------------------------------------------------------- save
+def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+    """Writes every tensor (params in their dtype, hf_extra, post_layernorm) under llava-hf hub
+    names (plain causal-LM names when text-only) + config.json into out_dir; returns out_dir.
+    Old model*.safetensors / index files in out_dir are removed first."""
+    out_dir = os.fspath(out_dir)
+    config = model.config
+    table = _table(config)
+    groups = _groups(table)
+    extras = dict(model.hf_extra.get_value() or {})
+    clash = sorted(set(extras) & {e.name for e in table})
+    if clash:
+        raise ValueError(f"hf_extra holds tensors that are also parameters: {clash}")
+    layouts = (config.pool_mode, config.newline)
+    if config.vision is not None and layouts != ("bilinear", "one_token"):
+        warnings.warn(f"pool_mode={layouts[0]!r} / newline={layouts[1]!r}: transformers' "
+                      "LlavaOnevision class pools bilinearly with one newline token, so it will "
+                      "embed videos differently; load_hf restores these settings exactly")
+    specs = []
+    for path_, entries in groups.items():
+        var = _variable(model, path_)
+        dt, full = np.dtype(var.dtype), tuple(var.shape)
+        for e in entries:
+            # A zero-stride stand-in gives the HF shape without touching memory.
+            probe = np.broadcast_to(np.zeros((), dt), full if e.layer is None else full[1:])
+            specs.append((e.name, dt, e.to_hf(probe).shape))
+    specs += [(n, np.dtype(v.dtype), tuple(v.shape)) for n, v in extras.items()]
+
+    def arrays():  # one parameter on the host at a time
+        for path_, entries in groups.items():
+            host = np.asarray(jax.device_get(_variable(model, path_).get_value()))
+            for e in entries:
+                yield np.ascontiguousarray(e.to_hf(host if e.layer is None else host[e.layer]))
+            del host
+        for v in extras.values():
+            yield np.asarray(jax.device_get(v))
+
+    os.makedirs(out_dir, exist_ok=True)
+    for fn in os.listdir(out_dir):
+        if fn in (SINGLE_FILE, INDEX_FILE) or _SHARD.fullmatch(fn):
+            os.remove(os.path.join(out_dir, fn))
+    write_checkpoint(out_dir, specs, arrays(), max_shard_bytes=max_shard_bytes,
+                     metadata={"format": "pt"})
+    used = 0 if config.vision is None else config.vision.num_layers
+    hf = hf_config_dict(config, extra_vision_layers=_extra_vision_layers(extras, used),
+                        vision_head=any(n.startswith(_VT + "head.") for n in extras))
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(hf, f, indent=2, sort_keys=True)
+    return out_dir
