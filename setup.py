@@ -29,8 +29,9 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     # torch is pinned: a plain requirement would pull a multi-GB CUDA build; 2.13.0 is the
-    # CPU wheel available on the project's machines (parity tests against transformers).
-    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10"],
+    # CPU wheel available on the project's machines (parity tests against transformers);
+    # accelerate: transformers needs it to load a GGUF file (the SmolLM2 real-weights reference).
+    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10", "accelerate>=1.0"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
 }
