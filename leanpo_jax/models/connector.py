@@ -40,9 +40,8 @@ import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.config import VideoLLMConfig, num_video_tokens, pooled_grid
-from leanpo_jax.models.siglip import (
-    Dense, HFTensor, export_hf_tensors, linear_entries, load_hf_tensors, logical_param,
-)
+from leanpo_jax.models.hf_tables import HFTensor, export_hf_tensors, linear_entries, load_hf_tensors
+from leanpo_jax.models.params import Dense, logical_param
 
 
 def pool_frames(x: jax.Array, mode: str) -> jax.Array:

@@ -54,6 +54,7 @@ from leanpo_jax.models.attention import (
     write_rows,
 )
 from leanpo_jax.models.config import TextConfig, VideoLLMConfig
+from leanpo_jax.models.params import logical_param, normal_init
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
@@ -63,26 +64,17 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return weight.astype(x.dtype) * normed.astype(x.dtype)
 
 
-def _mesh_active() -> bool:
-    return not jax.sharding.get_abstract_mesh().empty
-
-
 class _Init:
-    """Creates Params with logical axis names; eager sharding only where a mesh exists, so the
-    module also builds on one CPU device with no mesh."""
+    """Creates the decoder's Params (logical axis names, seeded inits) in one param dtype."""
 
     def __init__(self, rngs: nnx.Rngs, param_dtype, eager_sharding: Optional[bool]):
-        self.rngs, self.dtype = rngs, param_dtype
-        self.eager = (nnx.using_eager_sharding() and _mesh_active()
-                      if eager_sharding is None else eager_sharding)
+        self.rngs, self.dtype, self.eager = rngs, param_dtype, eager_sharding
 
     def normal(self, shape, names, std=0.02) -> nnx.Param:
-        value = std * jax.random.normal(self.rngs.params(), shape, jnp.float32)
-        return nnx.Param(value.astype(self.dtype), out_sharding=names, eager_sharding=self.eager)
+        return logical_param(normal_init(self.rngs, shape, std, self.dtype), names, self.eager)
 
     def const(self, shape, names, fill) -> nnx.Param:
-        value = jnp.full(shape, fill, self.dtype)
-        return nnx.Param(value, out_sharding=names, eager_sharding=self.eager)
+        return logical_param(jnp.full(shape, fill, self.dtype), names, self.eager)
 
 
 # Layer parameter name -> (logical axes, HF name inside layer i, transform kind).
@@ -140,7 +132,7 @@ class Qwen2(nnx.Module):
     dtype: compute dtype (activations, K/V, the cache); param_dtype: stored Params (norm
     statistics, RoPE angles and softmax stay f32 either way). attention_impl: None/"xla" or
     "cudnn" (bf16/fp16 on GPU). remat: jax.checkpoint around each scanned layer.
-    eager_sharding: None shards Params at creation only when a mesh is active.
+    eager_sharding: None shards Params at creation only when a mesh and axis rules are active.
     """
 
     def __init__(self, config: TextConfig, *, rngs: nnx.Rngs, dtype="float32",

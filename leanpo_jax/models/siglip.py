@@ -51,63 +51,18 @@ layers with index >= L (e.g. SigLIP's 27th) and the attention-pool `head` are no
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from flax.core import spmd as flax_spmd
 
 from leanpo_jax.models.config import VideoLLMConfig
-
-# ------------------------------------------------------------------------------------------
-# Parameter helpers (shared with connector.py)
-# ------------------------------------------------------------------------------------------
-
-
-def logical_param(value: jax.Array, names: tuple) -> nnx.Param:
-    """An `nnx.Param` annotated with logical axis `names` (one per dim; None = replicated).
-
-    Flax's eager sharding needs a mesh and rules; without both (single-device tests, plain
-    CPU builds) the names are kept as metadata only and `nnx.get_partition_spec` /
-    `nnx.get_named_sharding` under `nnx.logical_axis_rules` map them later.
-    """
-    if len(names) != value.ndim:
-        raise ValueError(f"{len(names)} axis names {names} for a {value.ndim}-d parameter")
-    eager = (
-        nnx.using_eager_sharding()
-        and not jax.sharding.get_abstract_mesh().empty
-        and bool(flax_spmd.get_logical_axis_rules())
-    )
-    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=eager)
-
-
-def _normal(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:
-    return (jax.random.normal(rngs.params(), shape, jnp.float32) * std).astype(dtype)
-
-
-class Dense(nnx.Module):
-    """A kernel/bias parameter pair (no forward: callers contract it with einsum / matmul).
-    Kernel init: normal with std fan_in**-0.5; bias init: zeros."""
-
-    def __init__(self, kernel_shape, kernel_axes, bias_shape, bias_axes, *, fan_in: int,
-                 param_dtype, rngs: nnx.Rngs):
-        self.kernel = logical_param(_normal(rngs, kernel_shape, fan_in**-0.5, param_dtype),
-                                    kernel_axes)
-        self.bias = logical_param(jnp.zeros(bias_shape, param_dtype), bias_axes)
-
-
-class LayerNormParams(nnx.Module):
-    """LayerNorm scale (init 1) and bias (init 0)."""
-
-    def __init__(self, shape, axes, *, param_dtype):
-        self.scale = logical_param(jnp.ones(shape, param_dtype), axes)
-        self.bias = logical_param(jnp.zeros(shape, param_dtype), axes)
-
+from leanpo_jax.models.hf_tables import (
+    HFTensor, export_hf_tensors, identity, linear_entries, load_hf_tensors, norm_entries,
+)
+from leanpo_jax.models.params import Dense, LayerNormParams, logical_param, normal_init
 
 def layer_norm(x: jax.Array, scale, bias, eps: float) -> jax.Array:
     """(x - mean) / sqrt(var + eps) * scale + bias, statistics in float32; returns x.dtype."""
@@ -188,7 +143,7 @@ class SiglipVisionTower(nnx.Module):
         self.patch_embed = Dense((p, p, C, D), (None, None, None, "vision_embed"), (D,),
                                  ("vision_embed",), fan_in=p * p * C, param_dtype=pd, rngs=rngs)
         self.position_embedding = logical_param(
-            _normal(rngs, (v.num_patches, D), D**-0.5, pd), (None, "vision_embed"))
+            normal_init(rngs, (v.num_patches, D), D**-0.5, pd), (None, "vision_embed"))
         self.layers = SiglipEncoderLayers(config, rngs=rngs)
         self.post_layernorm = LayerNormParams((D,), ("vision_embed",), param_dtype=pd)
 
@@ -225,57 +180,6 @@ class SiglipVisionTower(nnx.Module):
 # ------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class HFTensor:
-    """One HF tensor: its key, the Param path, the index on the `layers` axis (None: not
-    stacked) and the two array transforms (HF layout <-> our layout, one layer's slice)."""
-
-    hf_key: str
-    path: tuple
-    layer: Optional[int]
-    to_flax: Callable[[np.ndarray], np.ndarray]
-    to_hf: Callable[[np.ndarray], np.ndarray]
-
-
-def _same(a):
-    return a
-
-
-def _t(a):
-    return a.T
-
-
-def linear_entries(hf_prefix: str, path: tuple, layer=None, *, out_shape=None, in_shape=None):
-    """Entries for a torch Linear `weight [out, in]` / `bias [out]` pair: kernel = weight.T,
-    optionally with the in or out dim split (e.g. [D, H*hd] -> [D, H, hd])."""
-    def w_to(a):
-        k = a.T
-        if out_shape is not None:
-            k = k.reshape(k.shape[:1] + tuple(out_shape))
-        if in_shape is not None:
-            k = k.reshape(tuple(in_shape) + k.shape[-1:])
-        return k
-
-    def w_from(k):
-        k = k.reshape(-1, k.shape[-1]) if in_shape is not None else k
-        k = k.reshape(k.shape[0], -1) if out_shape is not None else k
-        return k.T
-
-    def b_to(a):
-        return a.reshape(out_shape) if out_shape is not None else a
-
-    def b_from(b):
-        return b.reshape(-1)
-
-    return [HFTensor(hf_prefix + ".weight", path + ("kernel",), layer, w_to, w_from),
-            HFTensor(hf_prefix + ".bias", path + ("bias",), layer, b_to, b_from)]
-
-
-def _norm_entries(hf_prefix: str, path: tuple, layer=None):
-    return [HFTensor(hf_prefix + ".weight", path + ("scale",), layer, _same, _same),
-            HFTensor(hf_prefix + ".bias", path + ("bias",), layer, _same, _same)]
-
-
 def siglip_hf_table(config: VideoLLMConfig, prefix: str = "vision_model.") -> list:
     """Every HF tensor the tower holds, in checkpoint order (see the module docstring)."""
     v = config.vision
@@ -284,73 +188,22 @@ def siglip_hf_table(config: VideoLLMConfig, prefix: str = "vision_model.") -> li
     table = [
         HFTensor(e + "patch_embedding.weight", ("patch_embed", "kernel"), None,
                  lambda a: a.transpose(2, 3, 1, 0), lambda k: k.transpose(3, 2, 0, 1)),
-        HFTensor(e + "patch_embedding.bias", ("patch_embed", "bias"), None, _same, _same),
-        HFTensor(e + "position_embedding.weight", ("position_embedding",), None, _same, _same),
+        HFTensor(e + "patch_embedding.bias", ("patch_embed", "bias"), None, identity, identity),
+        HFTensor(e + "position_embedding.weight", ("position_embedding",), None, identity, identity),
     ]
     for i in range(v.num_layers):
         hl = f"{prefix}encoder.layers.{i}."
-        table += _norm_entries(hl + "layer_norm1", ("layers", "layer_norm1"), i)
+        table += norm_entries(hl + "layer_norm1", ("layers", "layer_norm1"), i)
         for name in ("q_proj", "k_proj", "v_proj"):
             table += linear_entries(hl + "self_attn." + name, ("layers", name), i,
                                     out_shape=(H, hd))
         table += linear_entries(hl + "self_attn.out_proj", ("layers", "out_proj"), i,
                                 in_shape=(H, hd))
-        table += _norm_entries(hl + "layer_norm2", ("layers", "layer_norm2"), i)
+        table += norm_entries(hl + "layer_norm2", ("layers", "layer_norm2"), i)
         table += linear_entries(hl + "mlp.fc1", ("layers", "fc1"), i)
         table += linear_entries(hl + "mlp.fc2", ("layers", "fc2"), i)
-    table += _norm_entries(prefix + "post_layernorm", ("post_layernorm",))
+    table += norm_entries(prefix + "post_layernorm", ("post_layernorm",))
     return table
-
-
-def _get_param(module: nnx.Module, path: tuple) -> nnx.Variable:
-    obj = module
-    for name in path:
-        obj = getattr(obj, name)
-    return obj
-
-
-def load_hf_tensors(module: nnx.Module, table: list, state_dict) -> None:
-    """Writes `state_dict[entry.hf_key]` (numpy-like) into the module for every table entry.
-
-    Values are cast to each Param's dtype and keep its current sharding. Keys of the state
-    dict that the table does not name are ignored (e.g. a 27th SigLIP layer or the head).
-    """
-    missing = [e.hf_key for e in table if e.hf_key not in state_dict]
-    if missing:
-        raise KeyError(f"{len(missing)} tensors missing from the state dict, e.g. {missing[:3]}")
-    stacks: dict = {}
-    for e in table:
-        arr = np.asarray(e.to_flax(np.asarray(state_dict[e.hf_key])))
-        if e.layer is None:
-            _assign(module, e.path, arr)
-        else:
-            stacks.setdefault(e.path, {})[e.layer] = arr
-    for path, per_layer in stacks.items():
-        _assign(module, path, np.stack([per_layer[i] for i in sorted(per_layer)]))
-
-
-def _assign(module: nnx.Module, path: tuple, arr: np.ndarray) -> None:
-    var = _get_param(module, path)
-    old = var.get_value()
-    if tuple(arr.shape) != tuple(old.shape):
-        raise ValueError(f"{'.'.join(path)}: checkpoint shape {arr.shape} != {old.shape}")
-    new = jnp.asarray(arr, dtype=old.dtype)
-    if isinstance(old, jax.Array) and not isinstance(old, jax.core.Tracer):
-        new = jax.device_put(new, old.sharding)
-    var.set_value(new)
-
-
-def export_hf_tensors(module: nnx.Module, table: list, dtype=None) -> dict:
-    """The inverse of `load_hf_tensors`: {hf_key: contiguous numpy array in HF layout}."""
-    cache: dict = {}
-    out = {}
-    for e in table:
-        if e.path not in cache:
-            cache[e.path] = np.asarray(jax.device_get(_get_param(module, e.path).get_value()))
-        arr = cache[e.path] if e.layer is None else cache[e.path][e.layer]
-        arr = e.to_hf(arr)
-        out[e.hf_key] = np.ascontiguousarray(arr if dtype is None else arr.astype(dtype))
-    return out
 
 
 def load_siglip_state_dict(tower: SiglipVisionTower, state_dict,
@@ -363,8 +216,3 @@ def export_siglip_state_dict(tower: SiglipVisionTower, prefix: str = "vision_mod
                              dtype=None) -> dict:
     """Exports `tower` as a SiglipVisionModel-style state dict (post_layernorm included)."""
     return export_hf_tensors(tower, siglip_hf_table(tower.config, prefix), dtype)
-
-
-def num_params(module: nnx.Module) -> int:
-    """Total parameter count of an NNX module (abstract or concrete)."""
-    return sum(math.prod(x.shape) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
