@@ -47,4 +47,5 @@ setup(
     packages=find_packages(include=["leanpo_jax", "leanpo_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": ["leanpo-check-data=leanpo_jax.data.check:main"]},
 )

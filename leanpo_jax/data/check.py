@@ -1,0 +1,156 @@
+"""Dataset checker: read every record through the training code path and report what is bad.
+
+    python -m leanpo_jax.data.check --pairs FILE [--video-root DIR] [--config CONFIG]
+                                    [--skipped-out FILE] [--kind pairs|triplets] [--strict]
+    leanpo-check-data ...                       (the same, as a console script)
+
+Every record goes through `pipeline.DataPipeline` (eval order: no shuffle, no record dropped;
+decoding, tokenising and batching exactly as in training) with on_bad_record="skip". The
+output is a human summary whose LAST stdout line is JSON:
+
+    {"records": N, "ok": n, "skipped": {"reason": count, ...}}
+
+where N counts the non-blank lines of the file (a malformed line counts) and
+ok + sum(skipped) == N. Without --config the built-in defaults (the tiny preset, 4 frames,
+the default Qwen tokenizer; = configs/tiny.py's data block) are used, from any directory.
+Exit status: 0 (also with skipped records, unless --strict: then 1), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Optional, Sequence
+
+import ml_collections
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The built-in data config (= configs/tiny.py `data_config()`, documented there; a test
+    keeps them equal): the tiny preset, 4 frames, the default Qwen tokenizer."""
+    data = ml_collections.ConfigDict()
+    data.pairs = ""
+    data.video_root = ""
+    data.kind = "pairs"
+    data.model_preset = "tiny"
+    data.num_frames = 4
+    data.max_prompt_text_tokens = 64
+    data.padding_side = "right"
+    data.response_buckets = (16, 32, 64)
+    data.max_response_tokens = 64
+    data.batch_size = 2
+    data.shuffle_seed = 0
+    data.num_epochs = 1
+    data.num_workers = 0
+    data.on_bad_record = "skip"
+    data.tokenizer = ""
+    return data
+
+
+def load_data_config(path: str) -> ml_collections.ConfigDict:
+    """The `data` block of an ml_collections config file (a module with get_config())."""
+    spec = importlib.util.spec_from_file_location("leanpo_check_config", path)
+    if spec is None or not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if "data" not in config:
+        raise ValueError(f"config {path} has no `data` block (see configs/tiny.py data_config())")
+    return config.data
+
+
+def check(data: ml_collections.ConfigDict, *, skipped_out: Optional[str] = None, log=print) -> dict:
+    """Reads every record of data.pairs; returns {"records", "ok", "skipped"} (plus details
+    under "stats"). `skipped_out` receives one JSON line per skipped record (overwritten)."""
+    from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    data = ml_collections.ConfigDict(data.to_dict())
+    data.on_bad_record = "skip"
+    if skipped_out and os.path.exists(skipped_out):
+        os.remove(skipped_out)  # the pipeline appends
+    start = time.perf_counter()
+    with pipeline.DataPipeline(data, train=False, process_index=0, process_count=1,
+                               skipped_path=skipped_out or None) as pipe:
+        spec = pipe.spec
+        log(f"checking {os.path.abspath(data.pairs)} ({data.kind}, {len(pipe.source)} records; "
+            f"videos under {pipeline.resolve_video_root(data)})")
+        log(f"  model preset {data.model_preset}: {spec.num_frames} frames of {spec.image_size}x"
+            f"{spec.image_size}, prompt length P={spec.prompt_len} ({spec.num_video_tokens} video + "
+            f"{spec.max_prompt_text_tokens} text tokens), response buckets {spec.response_buckets}")
+        response_key = "chosen_ids" if data.kind == "pairs" else "answer_ids"
+        buckets = {}
+        for batch in pipe:
+            r = batch[response_key].shape[1]
+            buckets[r] = buckets.get(r, 0) + 1
+        stats = pipe.stats()
+        first = list(pipe.first_skipped)
+    seconds = time.perf_counter() - start
+    skipped = dict(sorted(stats["skipped"].items()))
+    log(f"records: {stats['records']}  ok: {stats['ok']}  skipped: {sum(skipped.values())}  "
+        f"({seconds:.1f} s)")
+    for reason, count in skipped.items():
+        log(f"  {reason}: {count}")
+    if stats["truncated_responses"]:
+        log(f"responses truncated to max_response_tokens={spec.max_response_tokens}: "
+            f"{stats['truncated_responses']}")
+    log(f"batches per response bucket R: {dict(sorted(buckets.items()))}")
+    if first:
+        log("first skipped records:")
+        for bad in first[:10]:
+            log(f"  {bad.message()}")
+    if skipped_out and skipped:
+        log(f"all skipped records: {skipped_out}")
+    result = {"records": stats["records"], "ok": stats["ok"], "skipped": skipped}
+    if result["ok"] + sum(skipped.values()) != result["records"]:  # never report a lost record as fine
+        raise RuntimeError(f"checker accounting mismatch (a pipeline bug): {stats}")
+    return {**result, "stats": stats}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="leanpo-check-data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pairs", required=True, help="JSONL file of records (pairs or triplets)")
+    p.add_argument("--video-root", default="", help="folder the `video` paths are relative to "
+                   "(default: the JSONL file's folder)")
+    p.add_argument("--config", default="", help="config file with a `data` block (default: built-in tiny)")
+    p.add_argument("--skipped-out", default="", help="write one JSON line per skipped record here")
+    p.add_argument("--kind", choices=("pairs", "triplets"), default=None, help="override data.kind")
+    p.add_argument("--num-workers", type=int, default=None, help="override data.num_workers")
+    p.add_argument("--strict", action="store_true", help="exit 1 if any record was skipped")
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console-script entry point (`leanpo-check-data`)."""
+    args = _parser().parse_args(argv)
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():  # grain workers read absl flags
+        flags.FLAGS.mark_as_parsed()
+    from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+
+    try:
+        data = load_data_config(args.config) if args.config else default_data_config()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not os.path.isfile(args.pairs):
+        print(f"error: --pairs {args.pairs!r} is not a file", file=sys.stderr)
+        return 2
+    data.pairs = os.path.abspath(args.pairs)
+    data.video_root = os.path.abspath(args.video_root) if args.video_root else ""
+    if args.kind:
+        data.kind = args.kind
+    if args.num_workers is not None:
+        data.num_workers = args.num_workers
+    result = check(data, skipped_out=args.skipped_out)
+    sys.stdout.flush()
+    print(json.dumps({k: result[k] for k in ("records", "ok", "skipped")}), flush=True)
+    return 1 if args.strict and result["skipped"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

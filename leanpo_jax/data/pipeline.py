@@ -1,0 +1,437 @@
+"""Grain pipeline: JSONL records -> decoded frames + chat-template ids -> static-shape batches.
+
+    pipe = DataPipeline(config.data, train=True, workdir=workdir)
+    for batch in pipe: ...                       # dict of numpy arrays, shapes below
+    state = pipe.get_state()                     # JSON-serialisable, saved with the checkpoint
+    DataPipeline(config.data, train=True, workdir=workdir).set_state(state)   # exact resume
+
+Batch (B = data.batch_size per host, F frames of S x S, N = num_video_tokens(F)):
+    frames          uint8 [B, F, S, S, 3]    (normalised inside the train step)
+    prompt_ids      int32 [B, P]             P = N + max_prompt_text_tokens, one static value
+    prompt_mask     int32 [B, P]             RIGHT padding: ones then zeros
+    prompt_lengths  int32 [B]                responses start at this position in each row
+    chosen_ids / chosen_mask, rejected_ids / rejected_mask   int32 [B, R]  (kind "pairs")
+    answer_ids / answer_mask                                 int32 [B, R]  (kind "triplets")
+    pair_weight     float32 [B]              1 = a real record, 0 = a padding row
+    record_index    int32 [B]                line index in the JSONL source (-1: padding)
+R is the smallest of `response_buckets` that fits the longest (truncated) response of the
+step's GLOBAL window, so the train step compiles at most once per (P, R).
+
+How a step is formed (the one rule every host follows without talking to the others):
+  the global order is the source's line indices, shuffled by grain (a new permutation each
+  epoch) in training; step k covers the window of G = B * process_count consecutive positions
+  [k G, (k + 1) G); host h decodes positions k G + h B + [0, B). R is computed from a cheap text
+  pass (parse + tokenise, no video) over the whole window, so every host picks the same R.
+  A bad record is an in-band marker: its slot becomes a zero-weight padding row (no backfill,
+  because backfilling would make a host's batch depend on failures other hosts cannot see),
+  and the main process counts it by reason, lists it in WORKDIR/skipped_records.jsonl, and
+  ("error" policy) raises RecordError naming it. Training drops the last partial window;
+  eval pads it with zero-weight rows. Padding rows are valid, finite inputs (a real template
+  prompt with N placeholders, a one-token response, zero frames), so the loss stays finite
+  and `pair_weight` removes them: the train step must weight pairs by `pair_weight`.
+Accounting: records = ok + sum(skipped) + dropped_remainder (summed over hosts).
+
+Workers: `num_workers` grain processes (mp_prefetch) each build whole steps. A worker that
+raises surfaces as that exception in the main process; a worker killed by a signal surfaces as
+grain's RuntimeError("Worker process was terminated unexpectedly ...") after grain's queue
+timeout, never a hang (tested). grain starts workers with "spawn": a script that uses workers
+needs the `if __name__ == "__main__":` guard.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections import Counter
+from typing import Optional, Union
+
+import grain
+import ml_collections
+import numpy as np
+
+from leanpo_jax.data import records as records_lib
+from leanpo_jax.data import tokenize as tokenize_lib
+from leanpo_jax.data import video as video_lib
+
+SKIPPED_FILENAME = "skipped_records.jsonl"
+# Id written into padded positions (masked out everywhere; any embedding row but the placeholder).
+PAD_ID = 0
+KINDS = ("pairs", "triplets")
+STATE_VERSION = 1
+# Grain read threads per process and batches buffered ahead (batches can be tens of MB).
+READ_THREADS = 2
+PREFETCH = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSpec:
+    """Static shapes of one batch, resolved and validated from a data config."""
+
+    kind: str
+    batch_size: int
+    num_frames: int
+    image_size: int
+    num_video_tokens: int
+    video_token_index: int
+    max_prompt_text_tokens: int
+    response_buckets: tuple
+    max_response_tokens: int
+
+    @property
+    def prompt_len(self) -> int:
+        return self.num_video_tokens + self.max_prompt_text_tokens
+
+    def bucket(self, length: int) -> int:
+        """The smallest response bucket R >= length (length <= max_response_tokens)."""
+        return next(r for r in self.response_buckets if length <= r)
+
+
+def _preset(name: str):
+    # Imported here: leanpo_jax.models pulls in jax/flax, which grain workers do not need.
+    from leanpo_jax.models.config import get_preset  # pylint: disable=import-outside-toplevel
+    return get_preset(name)
+
+
+def _fail(key: str, value, rule: str):
+    raise ValueError(f"config data.{key}={value!r}: {rule}")
+
+
+def resolve_spec(data: ml_collections.ConfigDict) -> BatchSpec:
+    """Validates the data config's ranges and returns the batch shapes it implies."""
+    if data.kind not in KINDS:
+        _fail("kind", data.kind, f"expected one of {KINDS}")
+    if data.padding_side != "right":
+        _fail("padding_side", data.padding_side, 'only "right" is supported (see pipeline.py)')
+    if data.on_bad_record not in ("skip", "error"):
+        _fail("on_bad_record", data.on_bad_record, 'expected "skip" or "error"')
+    for key in ("num_frames", "max_prompt_text_tokens", "max_response_tokens", "batch_size", "num_epochs"):
+        if int(data[key]) < 1:
+            _fail(key, data[key], "must be >= 1")
+    if int(data.num_workers) < 0:
+        _fail("num_workers", data.num_workers, "must be >= 0")
+    buckets = tuple(int(r) for r in data.response_buckets)
+    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
+        _fail("response_buckets", data.response_buckets, "expected distinct ascending values >= 1")
+    if int(data.max_response_tokens) > buckets[-1]:
+        _fail("max_response_tokens", data.max_response_tokens,
+              f"must be <= the largest response bucket {buckets[-1]}")
+    from leanpo_jax.models.config import num_video_tokens  # pylint: disable=import-outside-toplevel
+    model = _preset(data.model_preset)
+    return BatchSpec(
+        kind=data.kind, batch_size=int(data.batch_size), num_frames=int(data.num_frames),
+        image_size=model.vision.image_size,
+        num_video_tokens=num_video_tokens(model, int(data.num_frames)),
+        video_token_index=model.video_token_index,
+        max_prompt_text_tokens=int(data.max_prompt_text_tokens), response_buckets=buckets,
+        max_response_tokens=int(data.max_response_tokens),
+    )
+
+
+def make_tokenizer(data: ml_collections.ConfigDict) -> tokenize_lib.ChatTokenizer:
+    """The ChatTokenizer of the data config (its model preset's vocab and placeholder id)."""
+    return tokenize_lib.ChatTokenizer.from_config(_preset(data.model_preset), data.tokenizer or None)
+
+
+def resolve_video_root(data: ml_collections.ConfigDict) -> str:
+    """data.video_root, or the JSONL file's folder when it is ""."""
+    return data.video_root or os.path.dirname(os.path.abspath(data.pairs))
+
+
+class ExampleMaker:
+    """The per-record map: a record -> a model-ready example, or a BadRecord marker (in-band).
+
+    Two halves so that the text pass can run alone: `encode` (tokens: cheap) and `with_frames`
+    (video decoding: expensive). Never raises for bad data (RecordError / VideoError become
+    markers, so a worker never dies of a bad record); other exceptions are bugs and propagate.
+    Picklable (grain workers).
+    """
+
+    def __init__(self, spec: BatchSpec, tokenizer: tokenize_lib.ChatTokenizer, video_root: str):
+        self.spec, self.tokenizer, self.video_root = spec, tokenizer, video_root
+
+    def encode(self, record) -> Union[dict, records_lib.BadRecord]:
+        """Chat-template ids of a record (`ChatTokenizer.encode_record`), or its BadRecord."""
+        if isinstance(record, records_lib.BadRecord):
+            return record
+        s = self.spec
+        try:
+            return self.tokenizer.encode_record(
+                record, num_video_tokens=s.num_video_tokens,
+                max_prompt_text_tokens=s.max_prompt_text_tokens, max_response_tokens=s.max_response_tokens)
+        except records_lib.RecordError as e:
+            return e.bad
+
+    def with_frames(self, record, encoded) -> Union[dict, records_lib.BadRecord]:
+        """`encoded` plus "frames" uint8 [F, S, S, 3] decoded from the record's video."""
+        if isinstance(encoded, records_lib.BadRecord):
+            return encoded
+        path = os.path.join(self.video_root, record.video)
+        try:
+            frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=self.spec.image_size)
+        except video_lib.VideoError as e:
+            return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
+        return {**encoded, "frames": frames}
+
+    def __call__(self, record) -> Union[dict, records_lib.BadRecord]:
+        return self.with_frames(record, self.encode(record))
+
+
+def response_length(encoded) -> int:
+    """Longest (truncated) response of an encoded record in tokens; 0 for a BadRecord."""
+    if isinstance(encoded, records_lib.BadRecord):
+        return 0
+    return max(int(v.shape[0]) for k, v in encoded.items() if k.endswith("_ids") and k != "prompt_ids")
+
+
+def _response_names(kind: str) -> tuple:
+    return ("chosen", "rejected") if kind == "pairs" else ("answer",)
+
+
+def empty_batch(spec: BatchSpec, r: int) -> dict:
+    """An all-padding batch with response bucket `r`: the exact shapes and dtypes of a batch
+    (also handy to compile every (P, R) bucket ahead of time). Weights 0, masks 0."""
+    b, p = spec.batch_size, spec.prompt_len
+    batch = {"frames": np.zeros((b, spec.num_frames, spec.image_size, spec.image_size, 3), np.uint8),
+             "prompt_ids": np.full((b, p), PAD_ID, np.int32), "prompt_mask": np.zeros((b, p), np.int32),
+             "prompt_lengths": np.zeros((b,), np.int32)}
+    for n in _response_names(spec.kind):
+        batch[f"{n}_ids"] = np.full((b, r), PAD_ID, np.int32)
+        batch[f"{n}_mask"] = np.zeros((b, r), np.int32)
+    batch["pair_weight"] = np.zeros((b,), np.float32)
+    batch["record_index"] = np.full((b,), -1, np.int32)
+    return batch
+
+
+class StepMaker:
+    """The per-step map (runs in grain workers): step k -> this host's batch of step k.
+
+    `positions` is the global order (a grain MapDataset of source line positions: shuffled and
+    repeated in training), `records` the grain MapDataset over the RecordSource. Output: the
+    batch arrays plus "_meta", a JSON string {"step", "skipped": [BadRecord dicts], "ok",
+    "padding", "truncated"} that the main process consumes (markers travel in-band).
+    """
+
+    def __init__(self, positions, records, maker: ExampleMaker, *, host: int, num_hosts: int,
+                 pad_example: dict):
+        self.positions, self.records, self.maker, self.spec = positions, records, maker, maker.spec
+        self.host, self.num_hosts = host, num_hosts
+        self.pad_example = pad_example
+
+    def _window(self, step: int) -> dict:
+        """{global order position: (source line position, record, encoded)} of step `step`'s
+        whole global window (all hosts' rows): the cheap text pass."""
+        g = self.spec.batch_size * self.num_hosts
+        out = {}
+        for pos in range(step * g, min((step + 1) * g, len(self.positions))):
+            line = int(self.positions[pos])
+            record = self.records[line]
+            out[pos] = (line, record, self.maker.encode(record))
+        return out
+
+    def bucket(self, step: int, window: Optional[dict] = None) -> int:
+        """The response bucket R of step `step`: a function of the global window's text only
+        (records whose video fails still count), hence the same on every host."""
+        window = self._window(step) if window is None else window
+        return self.spec.bucket(max([response_length(e) for _, _, e in window.values()] + [1]))
+
+    def __call__(self, step: int) -> dict:
+        window = self._window(step)
+        batch = empty_batch(self.spec, self.bucket(step, window))
+        names = _response_names(self.spec.kind)
+        meta = {"step": int(step), "skipped": [], "ok": 0, "padding": 0, "truncated": 0}
+        b = self.spec.batch_size
+        start = step * b * self.num_hosts + self.host * b
+        for row, pos in enumerate(range(start, start + b)):
+            if pos not in window:  # past the end of the data (eval): a padding row
+                meta["padding"] += 1
+                example = self.pad_example
+            else:
+                line, record, encoded = window[pos]
+                example = self.maker.with_frames(record, encoded)
+                if isinstance(example, records_lib.BadRecord):  # a hole: zero weight, reported
+                    meta["skipped"].append(example.to_json())
+                    example = self.pad_example
+                else:
+                    meta["ok"] += 1
+                    meta["truncated"] += sum(bool(example[f"{n}_truncated"]) for n in names)
+                    batch["pair_weight"][row] = 1.0
+                    batch["record_index"][row] = line
+            _fill_row(batch, row, example, names)
+        batch["_meta"] = json.dumps(meta)
+        return batch
+
+
+def _fill_row(batch: dict, row: int, example: dict, names: tuple) -> None:
+    """Writes one example left-aligned (right padding) into row `row` of the batch."""
+    prompt = example["prompt_ids"]
+    batch["prompt_ids"][row, : prompt.shape[0]] = prompt
+    batch["prompt_mask"][row, : prompt.shape[0]] = 1
+    batch["prompt_lengths"][row] = prompt.shape[0]
+    if "frames" in example:
+        batch["frames"][row] = example["frames"]
+    for n in names:
+        ids = example[f"{n}_ids"]
+        batch[f"{n}_ids"][row, : ids.shape[0]] = ids
+        batch[f"{n}_mask"][row, : ids.shape[0]] = 1
+
+
+class DataPipeline:
+    """The training / eval iterator over one JSONL file: static-shape batches (module docstring).
+
+    train=True: shuffled by data.shuffle_seed, data.num_epochs epochs, last partial window
+    dropped. train=False (eval, the checker): file order, one epoch, last window padded.
+    process_index / process_count default to jax's (pass them to simulate hosts in tests).
+    Skipped records are appended to `skipped_path` (default WORKDIR/skipped_records.jsonl,
+    ".processH" inserted on multi-host; None without a workdir). Not thread-safe.
+    """
+
+    def __init__(self, data: ml_collections.ConfigDict, *, train: bool, workdir: Optional[str] = None,
+                 process_index: Optional[int] = None, process_count: Optional[int] = None,
+                 tokenizer: Optional[tokenize_lib.ChatTokenizer] = None,
+                 skipped_path: Optional[str] = None):
+        self.spec = resolve_spec(data)
+        if not data.pairs:
+            raise ValueError("config data.pairs is empty: set it to a JSONL file of records "
+                             "(--config.data.pairs=FILE)")
+        if process_index is None or process_count is None:
+            import jax  # pylint: disable=import-outside-toplevel
+            process_index, process_count = jax.process_index(), jax.process_count()
+        self.host, self.num_hosts = int(process_index), int(process_count)
+        if not 0 <= self.host < self.num_hosts:
+            raise ValueError(f"process_index {self.host} outside [0, process_count={self.num_hosts})")
+        self.train, self.on_bad_record = bool(train), data.on_bad_record
+        self.num_workers = int(data.num_workers)
+        self.tokenizer = tokenizer or make_tokenizer(data)
+        self.source = records_lib.RecordSource(os.path.abspath(data.pairs), data.kind)
+        positions = grain.MapDataset.range(len(self.source))
+        if self.train and len(self.source):
+            # grain reseeds the shuffle with the epoch index, so each epoch is a new permutation.
+            positions = positions.shuffle(seed=int(data.shuffle_seed)).repeat(int(data.num_epochs))
+        self.records_total = len(positions)
+        g = self.spec.batch_size * self.num_hosts
+        self.num_steps = self.records_total // g if self.train else -(-self.records_total // g)
+        self.dropped_remainder = self.records_total - self.num_steps * g if self.train else 0
+        maker = ExampleMaker(self.spec, self.tokenizer, resolve_video_root(data))
+        self._steps_fn = StepMaker(positions, grain.MapDataset.source(self.source), maker, host=self.host,
+                                   num_hosts=self.num_hosts, pad_example=self._pad_example())
+        self._fingerprint = {
+            "lines": len(self.source), "kind": self.spec.kind, "records": self.records_total,
+            "batch_size": self.spec.batch_size,
+            "process_index": self.host, "process_count": self.num_hosts, "train": self.train,
+            "shuffle_seed": int(data.shuffle_seed) if self.train else None,
+        }
+        if skipped_path is None and workdir:
+            name = SKIPPED_FILENAME if self.num_hosts == 1 else SKIPPED_FILENAME.replace(
+                ".jsonl", f".process{self.host}.jsonl")
+            skipped_path = os.path.join(workdir, name)
+        self.skipped_path = skipped_path
+        self.first_skipped: list = []  # a few BadRecords for summaries (not part of the state)
+        self._it = None
+        self._counts = {"next_step": 0, "skipped": {}, "ok": 0, "padding": 0, "truncated": 0}
+
+    def _pad_example(self) -> dict:
+        """A valid, finite stand-in row: the template around an empty question, <|im_end|>."""
+        prompt = self.tokenizer.prompt_ids("", self.spec.num_video_tokens)
+        text = int(prompt.shape[0]) - self.spec.num_video_tokens
+        if text > self.spec.max_prompt_text_tokens:
+            _fail("max_prompt_text_tokens", self.spec.max_prompt_text_tokens,
+                  f"the chat template alone takes {text} text tokens; raise it well above that")
+        response = np.asarray([self.tokenizer.im_end_id], np.int32)
+        return {"prompt_ids": prompt, **{f"{n}_ids": response for n in _response_names(self.spec.kind)}}
+
+    @property
+    def next_step(self) -> int:
+        """The global step the next batch belongs to (= batches consumed so far)."""
+        return self._counts["next_step"]
+
+    def step_bucket(self, step: int) -> int:
+        """The response bucket R of global step `step` (the same on every host)."""
+        return self._steps_fn.bucket(step)
+
+    def _iterator(self):
+        ds = grain.MapDataset.range(self.next_step, self.num_steps).map(self._steps_fn)
+        # Few threads and a short buffer: a 64-frame 384^2 batch is tens of MB.
+        ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=READ_THREADS, prefetch_buffer_size=PREFETCH))
+        if self.num_workers:
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        return iter(ds)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict:
+        if self.next_step >= self.num_steps:
+            self.close()
+            raise StopIteration
+        if self._it is None:
+            self._it = self._iterator()
+        try:
+            batch = next(self._it)
+        except Exception:  # a worker's exception or death: stop the other workers too
+            self.close()
+            raise
+        meta = json.loads(batch.pop("_meta"))
+        if meta["step"] != self.next_step:
+            raise RuntimeError(f"data pipeline out of order: step {meta['step']}, expected {self.next_step}")
+        bads = [records_lib.BadRecord(**d) for d in meta["skipped"]]
+        if bads and self.on_bad_record == "error":
+            self.close()
+            raise records_lib.RecordError(bads[0])
+        self._log_skipped(meta["step"], bads)
+        counts = self._counts
+        counts["skipped"] = dict(Counter(counts["skipped"]) + Counter(b.reason for b in bads))
+        for key in ("ok", "padding", "truncated"):
+            counts[key] += meta[key]
+        counts["next_step"] += 1
+        return batch
+
+    def _log_skipped(self, step: int, bads: list) -> None:
+        self.first_skipped.extend(bads[: max(0, 20 - len(self.first_skipped))])
+        if bads and self.skipped_path:
+            os.makedirs(os.path.dirname(os.path.abspath(self.skipped_path)), exist_ok=True)
+            with open(self.skipped_path, "a", encoding="utf-8") as f:
+                for bad in bads:
+                    f.write(json.dumps({"step": step, **bad.to_json()}) + "\n")
+
+    def get_state(self) -> dict:
+        """JSON-serialisable state: the next step, the counts so far and a fingerprint."""
+        return {"version": STATE_VERSION, **json.loads(json.dumps(self._counts)),
+                "fingerprint": dict(self._fingerprint)}
+
+    def set_state(self, state: dict) -> None:
+        """Resumes at state["next_step"] with its counts (the next batches are exactly those an
+        uninterrupted run would give). Entries of the skipped-records file from steps at or after
+        the restored step are removed (they will be reported again when read again)."""
+        if state.get("version") != STATE_VERSION or state.get("fingerprint") != self._fingerprint:
+            raise ValueError(
+                f"data iterator state does not match this pipeline: saved {state.get('fingerprint')}, "
+                f"now {self._fingerprint}. Resume with the same data file, batch_size, shuffle_seed, "
+                "num_epochs and process count, or start the data from scratch")
+        self.close()
+        self._counts = {k: json.loads(json.dumps(state[k])) for k in self._counts}
+        if self.skipped_path and os.path.exists(self.skipped_path):
+            with open(self.skipped_path, encoding="utf-8") as f:
+                keep = [line for line in f if line.strip() and json.loads(line)["step"] < self.next_step]
+            with open(self.skipped_path, "w", encoding="utf-8") as f:
+                f.writelines(keep)
+
+    def stats(self) -> dict:
+        """Accounting of this host so far; after a full pass (summed over hosts):
+        records == ok + sum(skipped) + dropped_remainder."""
+        c = self._counts
+        return {"records": self.records_total, "steps": self.num_steps, "steps_done": c["next_step"],
+                "ok": c["ok"], "skipped": dict(c["skipped"]), "padding_rows": c["padding"],
+                "dropped_remainder": self.dropped_remainder, "truncated_responses": c["truncated"]}
+
+    def close(self) -> None:
+        """Stops worker processes (also on garbage collection, but do not rely on it)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "close"):
+            it.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
