@@ -16,8 +16,10 @@ Writes, with `video` paths relative to DIR (the pipeline's video_root):
 attribute's word replaced by a wrong value (exactly one word differs). `attributes` (extra,
 ignored by the record reader) holds the ground truth: shape, colour, direction, count, question.
 
-Determinism: same seed and arguments -> byte-identical JSONL and identical decoded frames (x264
-is deterministic for a fixed thread count, hence one thread; the mp4 carries no creation time).
+Determinism: same seed and arguments -> byte-identical JSONL and identical drawn frames. The mp4
+bytes are normally identical too (one x264 thread, no creation time), but under CPU load the
+first video written after other decoding work was seen to encode differently (same size, other
+IDR bits; cause not found), so only the drawn frames are guaranteed bit for bit.
 """
 
 from __future__ import annotations

@@ -45,8 +45,12 @@ def test_deterministic_per_seed(folder, tmp_path):
             assert a.read() == b.read()
         assert _lines(prefix[name]) == _lines(os.path.join(root, f"{name}.jsonl"))[:3]  # num extends
         assert _lines(other[name]) != _lines(again[name])
+    # The drawn frames are the deterministic part; x264's bytes were seen to vary for one video
+    # under CPU load (synthetic.py's docstring), so decoded frames are compared within codec noise.
     for row in map(json.loads, _lines(again["pairs"])):
-        np.testing.assert_array_equal(_decode(root, row["video"]), _decode(again["out_dir"], row["video"]))
+        a = _decode(root, row["video"]).astype(np.int16)
+        b = _decode(again["out_dir"], row["video"]).astype(np.int16)
+        assert np.abs(a - b).mean() < 2.0, (row["id"], np.abs(a - b).mean())
 
 
 def _words(sentence):
