@@ -12,7 +12,8 @@ output is a human summary whose LAST stdout line is JSON:
 
 where N counts the non-blank lines of the file (a malformed line counts) and
 ok + sum(skipped) == N. Without --config the built-in defaults (the tiny preset, 4 frames,
-the default Qwen tokenizer; = configs/tiny.py's data block) are used, from any directory.
+the default Qwen tokenizer: leanpo_jax.data.config, configs/tiny.py's data block) are used,
+from any directory.
 Exit status: 0 (also with skipped records, unless --strict: then 1), 2 for a usage error.
 """
 
@@ -28,27 +29,7 @@ from typing import Optional, Sequence
 
 import ml_collections
 
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The built-in data config (= configs/tiny.py `data_config()`, documented there; a test
-    keeps them equal): the tiny preset, 4 frames, the default Qwen tokenizer."""
-    data = ml_collections.ConfigDict()
-    data.pairs = ""
-    data.video_root = ""
-    data.kind = "pairs"
-    data.model_preset = "tiny"
-    data.num_frames = 4
-    data.max_prompt_text_tokens = 64
-    data.padding_side = "right"
-    data.response_buckets = (16, 32, 64)
-    data.max_response_tokens = 64
-    data.batch_size = 2
-    data.shuffle_seed = 0
-    data.num_epochs = 1
-    data.num_workers = 0
-    data.on_bad_record = "skip"
-    data.tokenizer = ""
-    return data
+from leanpo_jax.data.config import data_config as default_data_config
 
 
 def load_data_config(path: str) -> ml_collections.ConfigDict:
