@@ -40,11 +40,10 @@ needs the `if __name__ == "__main__":` guard.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections import Counter
-from typing import Optional, Union
+from typing import Optional
 
 import grain
 import ml_collections
@@ -52,228 +51,16 @@ import numpy as np
 
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import tokenize as tokenize_lib
-from leanpo_jax.data import video as video_lib
+from leanpo_jax.data.batching import (  # noqa: F401  (re-exported: the pipeline's public names)
+    KINDS, PAD_ID, BatchSpec, ExampleMaker, StepMaker, config_error, response_names, empty_batch,
+    make_tokenizer, resolve_spec, resolve_video_root, response_length,
+)
 
 SKIPPED_FILENAME = "skipped_records.jsonl"
-# Id written into padded positions (masked out everywhere; any embedding row but the placeholder).
-PAD_ID = 0
-KINDS = ("pairs", "triplets")
 STATE_VERSION = 1
 # Grain read threads per process and batches buffered ahead (batches can be tens of MB).
 READ_THREADS = 2
 PREFETCH = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchSpec:
-    """Static shapes of one batch, resolved and validated from a data config."""
-
-    kind: str
-    batch_size: int
-    num_frames: int
-    image_size: int
-    num_video_tokens: int
-    video_token_index: int
-    max_prompt_text_tokens: int
-    response_buckets: tuple
-    max_response_tokens: int
-
-    @property
-    def prompt_len(self) -> int:
-        return self.num_video_tokens + self.max_prompt_text_tokens
-
-    def bucket(self, length: int) -> int:
-        """The smallest response bucket R >= length (length <= max_response_tokens)."""
-        return next(r for r in self.response_buckets if length <= r)
-
-
-def _preset(name: str):
-    # Imported here: leanpo_jax.models pulls in jax/flax, which grain workers do not need.
-    from leanpo_jax.models.config import get_preset  # pylint: disable=import-outside-toplevel
-    return get_preset(name)
-
-
-def _fail(key: str, value, rule: str):
-    raise ValueError(f"config data.{key}={value!r}: {rule}")
-
-
-def resolve_spec(data: ml_collections.ConfigDict) -> BatchSpec:
-    """Validates the data config's ranges and returns the batch shapes it implies."""
-    if data.kind not in KINDS:
-        _fail("kind", data.kind, f"expected one of {KINDS}")
-    if data.padding_side != "right":
-        _fail("padding_side", data.padding_side, 'only "right" is supported (see pipeline.py)')
-    if data.on_bad_record not in ("skip", "error"):
-        _fail("on_bad_record", data.on_bad_record, 'expected "skip" or "error"')
-    for key in ("num_frames", "max_prompt_text_tokens", "max_response_tokens", "batch_size", "num_epochs"):
-        if int(data[key]) < 1:
-            _fail(key, data[key], "must be >= 1")
-    if int(data.num_workers) < 0:
-        _fail("num_workers", data.num_workers, "must be >= 0")
-    buckets = tuple(int(r) for r in data.response_buckets)
-    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-        _fail("response_buckets", data.response_buckets, "expected distinct ascending values >= 1")
-    if int(data.max_response_tokens) > buckets[-1]:
-        _fail("max_response_tokens", data.max_response_tokens,
-              f"must be <= the largest response bucket {buckets[-1]}")
-    from leanpo_jax.models.config import num_video_tokens  # pylint: disable=import-outside-toplevel
-    model = _preset(data.model_preset)
-    return BatchSpec(
-        kind=data.kind, batch_size=int(data.batch_size), num_frames=int(data.num_frames),
-        image_size=model.vision.image_size,
-        num_video_tokens=num_video_tokens(model, int(data.num_frames)),
-        video_token_index=model.video_token_index,
-        max_prompt_text_tokens=int(data.max_prompt_text_tokens), response_buckets=buckets,
-        max_response_tokens=int(data.max_response_tokens),
-    )
-
-
-def make_tokenizer(data: ml_collections.ConfigDict) -> tokenize_lib.ChatTokenizer:
-    """The ChatTokenizer of the data config (its model preset's vocab and placeholder id)."""
-    return tokenize_lib.ChatTokenizer.from_config(_preset(data.model_preset), data.tokenizer or None)
-
-
-def resolve_video_root(data: ml_collections.ConfigDict) -> str:
-    """data.video_root, or the JSONL file's folder when it is ""."""
-    return data.video_root or os.path.dirname(os.path.abspath(data.pairs))
-
-
-class ExampleMaker:
-    """The per-record map: a record -> a model-ready example, or a BadRecord marker (in-band).
-
-    Two halves so that the text pass can run alone: `encode` (tokens: cheap) and `with_frames`
-    (video decoding: expensive). Never raises for bad data (RecordError / VideoError become
-    markers, so a worker never dies of a bad record); other exceptions are bugs and propagate.
-    Picklable (grain workers).
-    """
-
-    def __init__(self, spec: BatchSpec, tokenizer: tokenize_lib.ChatTokenizer, video_root: str):
-        self.spec, self.tokenizer, self.video_root = spec, tokenizer, video_root
-
-    def encode(self, record) -> Union[dict, records_lib.BadRecord]:
-        """Chat-template ids of a record (`ChatTokenizer.encode_record`), or its BadRecord."""
-        if isinstance(record, records_lib.BadRecord):
-            return record
-        s = self.spec
-        try:
-            return self.tokenizer.encode_record(
-                record, num_video_tokens=s.num_video_tokens,
-                max_prompt_text_tokens=s.max_prompt_text_tokens, max_response_tokens=s.max_response_tokens)
-        except records_lib.RecordError as e:
-            return e.bad
-
-    def with_frames(self, record, encoded) -> Union[dict, records_lib.BadRecord]:
-        """`encoded` plus "frames" uint8 [F, S, S, 3] decoded from the record's video."""
-        if isinstance(encoded, records_lib.BadRecord):
-            return encoded
-        path = os.path.join(self.video_root, record.video)
-        try:
-            frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=self.spec.image_size)
-        except video_lib.VideoError as e:
-            return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
-        return {**encoded, "frames": frames}
-
-    def __call__(self, record) -> Union[dict, records_lib.BadRecord]:
-        return self.with_frames(record, self.encode(record))
-
-
-def response_length(encoded) -> int:
-    """Longest (truncated) response of an encoded record in tokens; 0 for a BadRecord."""
-    if isinstance(encoded, records_lib.BadRecord):
-        return 0
-    return max(int(v.shape[0]) for k, v in encoded.items() if k.endswith("_ids") and k != "prompt_ids")
-
-
-def _response_names(kind: str) -> tuple:
-    return ("chosen", "rejected") if kind == "pairs" else ("answer",)
-
-
-def empty_batch(spec: BatchSpec, r: int) -> dict:
-    """An all-padding batch with response bucket `r`: the exact shapes and dtypes of a batch
-    (also handy to compile every (P, R) bucket ahead of time). Weights 0, masks 0."""
-    b, p = spec.batch_size, spec.prompt_len
-    batch = {"frames": np.zeros((b, spec.num_frames, spec.image_size, spec.image_size, 3), np.uint8),
-             "prompt_ids": np.full((b, p), PAD_ID, np.int32), "prompt_mask": np.zeros((b, p), np.int32),
-             "prompt_lengths": np.zeros((b,), np.int32)}
-    for n in _response_names(spec.kind):
-        batch[f"{n}_ids"] = np.full((b, r), PAD_ID, np.int32)
-        batch[f"{n}_mask"] = np.zeros((b, r), np.int32)
-    batch["pair_weight"] = np.zeros((b,), np.float32)
-    batch["record_index"] = np.full((b,), -1, np.int32)
-    return batch
-
-
-class StepMaker:
-    """The per-step map (runs in grain workers): step k -> this host's batch of step k.
-
-    `positions` is the global order (a grain MapDataset of source line positions: shuffled and
-    repeated in training), `records` the grain MapDataset over the RecordSource. Output: the
-    batch arrays plus "_meta", a JSON string {"step", "skipped": [BadRecord dicts], "ok",
-    "padding", "truncated"} that the main process consumes (markers travel in-band).
-    """
-
-    def __init__(self, positions, records, maker: ExampleMaker, *, host: int, num_hosts: int,
-                 pad_example: dict):
-        self.positions, self.records, self.maker, self.spec = positions, records, maker, maker.spec
-        self.host, self.num_hosts = host, num_hosts
-        self.pad_example = pad_example
-
-    def _window(self, step: int) -> dict:
-        """{global order position: (source line position, record, encoded)} of step `step`'s
-        whole global window (all hosts' rows): the cheap text pass."""
-        g = self.spec.batch_size * self.num_hosts
-        out = {}
-        for pos in range(step * g, min((step + 1) * g, len(self.positions))):
-            line = int(self.positions[pos])
-            record = self.records[line]
-            out[pos] = (line, record, self.maker.encode(record))
-        return out
-
-    def bucket(self, step: int, window: Optional[dict] = None) -> int:
-        """The response bucket R of step `step`: a function of the global window's text only
-        (records whose video fails still count), hence the same on every host."""
-        window = self._window(step) if window is None else window
-        return self.spec.bucket(max([response_length(e) for _, _, e in window.values()] + [1]))
-
-    def __call__(self, step: int) -> dict:
-        window = self._window(step)
-        batch = empty_batch(self.spec, self.bucket(step, window))
-        names = _response_names(self.spec.kind)
-        meta = {"step": int(step), "skipped": [], "ok": 0, "padding": 0, "truncated": 0}
-        b = self.spec.batch_size
-        start = step * b * self.num_hosts + self.host * b
-        for row, pos in enumerate(range(start, start + b)):
-            if pos not in window:  # past the end of the data (eval): a padding row
-                meta["padding"] += 1
-                example = self.pad_example
-            else:
-                line, record, encoded = window[pos]
-                example = self.maker.with_frames(record, encoded)
-                if isinstance(example, records_lib.BadRecord):  # a hole: zero weight, reported
-                    meta["skipped"].append(example.to_json())
-                    example = self.pad_example
-                else:
-                    meta["ok"] += 1
-                    meta["truncated"] += sum(bool(example[f"{n}_truncated"]) for n in names)
-                    batch["pair_weight"][row] = 1.0
-                    batch["record_index"][row] = line
-            _fill_row(batch, row, example, names)
-        batch["_meta"] = json.dumps(meta)
-        return batch
-
-
-def _fill_row(batch: dict, row: int, example: dict, names: tuple) -> None:
-    """Writes one example left-aligned (right padding) into row `row` of the batch."""
-    prompt = example["prompt_ids"]
-    batch["prompt_ids"][row, : prompt.shape[0]] = prompt
-    batch["prompt_mask"][row, : prompt.shape[0]] = 1
-    batch["prompt_lengths"][row] = prompt.shape[0]
-    if "frames" in example:
-        batch["frames"][row] = example["frames"]
-    for n in names:
-        ids = example[f"{n}_ids"]
-        batch[f"{n}_ids"][row, : ids.shape[0]] = ids
-        batch[f"{n}_mask"][row, : ids.shape[0]] = 1
 
 
 class DataPipeline:
@@ -335,10 +122,10 @@ class DataPipeline:
         prompt = self.tokenizer.prompt_ids("", self.spec.num_video_tokens)
         text = int(prompt.shape[0]) - self.spec.num_video_tokens
         if text > self.spec.max_prompt_text_tokens:
-            _fail("max_prompt_text_tokens", self.spec.max_prompt_text_tokens,
+            config_error("max_prompt_text_tokens", self.spec.max_prompt_text_tokens,
                   f"the chat template alone takes {text} text tokens; raise it well above that")
         response = np.asarray([self.tokenizer.im_end_id], np.int32)
-        return {"prompt_ids": prompt, **{f"{n}_ids": response for n in _response_names(self.spec.kind)}}
+        return {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(self.spec.kind)}}
 
     @property
     def next_step(self) -> int:
