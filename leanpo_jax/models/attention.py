@@ -96,10 +96,13 @@ def attend(
     v: jax.Array,
     mask: Optional[jax.Array],
     implementation: Optional[str],
+    *,
+    causal: bool = True,
 ) -> jax.Array:
-    """softmax(q k^T / sqrt(hd) + mask) v with GQA. mask None means plain causal (T_q == T_k)."""
+    """softmax(q k^T / sqrt(hd) + mask) v with GQA. mask None means plain causal (T_q == T_k),
+    or, with causal=False, every query attending to every key (the vision tower)."""
     t, s = q.shape[1], k.shape[1]
-    if mask is None and t != s:
+    if mask is None and causal and t != s:
         raise ValueError(
             f"causal attention without a mask needs equal query/key lengths, got {t} vs {s} "
             "(is_causal would align top-left)"
@@ -114,7 +117,10 @@ def attend(
         if mask is not None:
             mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
     if mask is None:
-        out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=implementation)
+        # Non-causal: a padded key must stay hidden, by length rather than a materialised mask.
+        lengths = jnp.full((q.shape[0],), s, jnp.int32) if pad_s and not causal else None
+        out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+                                           implementation=implementation)
     else:
         out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
     return out[:, :t]

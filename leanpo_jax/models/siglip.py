@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from leanpo_jax.models.attention import attend
 from leanpo_jax.models.config import VideoLLMConfig
 from leanpo_jax.models.hf_tables import (
     HFTensor, export_hf_tensors, identity, linear_entries, load_hf_tensors, norm_entries,
@@ -124,7 +125,8 @@ def encoder_layer(x: jax.Array, p: dict, *, eps: float, implementation: Optional
     k = jnp.einsum("btd,dnh->btnh", h, w["k_proj.kernel"]) + w["k_proj.bias"]
     v = jnp.einsum("btd,dnh->btnh", h, w["v_proj.kernel"]) + w["v_proj.bias"]
     # Non-causal, scale head_dim**-0.5 (the default); softmax runs in f32 inside the XLA path.
-    a = jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+    # Through `attend`: cuDNN's differentiated kernels need even lengths (729 patches is odd).
+    a = attend(q, k, v, None, implementation, causal=False)
     x = x + jnp.einsum("btnh,nhd->btd", a, w["out_proj.kernel"]) + w["out_proj.bias"]
     h = layer_norm(x, w["layer_norm2.scale"], w["layer_norm2.bias"], eps)
     # SigLIP's MLP uses gelu_pytorch_tanh, i.e. the tanh approximation (unlike the projector).
