@@ -1,0 +1,1 @@
+"""Training: sharding, state, the LeanPO step, trainer and checkpoints."""
