@@ -1,0 +1,259 @@
+"""The training step: pair log-probs (shared prefix or naive layout), objectives, accumulation.
+
+    model_def, state = init_state(model, opt_cfg, seed)
+    step = make_train_step(model_def, step_cfg, opt_cfg)    # jitted, state donated
+    state, metrics = step(state, batch)                     # metrics: name -> (sum, count)
+
+Batch (leanpo_jax.data.pipeline): frames uint8 [B, F, S, S, 3]; prompt_ids / prompt_mask [B, P]
+RIGHT-padded, each row holding exactly num_video_tokens(F) placeholder ids; prompt_lengths [B];
+chosen_ids / chosen_mask / rejected_ids / rejected_mask [B, R] (right-padded); pair_weight [B]
+(0 = padding pair); for dpo also ref_chosen_logps / ref_rejected_logps [B] (summed).
+
+Shared layout (default), per pair (L = prompt length, y = a response, |y| <= R):
+    v      = encode_video(frames)                   once per pair; stop_gradient if the tower
+                                                    and connector are frozen (no backward)
+    h_p, K = prefix(prompt)                         once per pair, positions 0..P-1
+    h_s    = suffix([y_c[:-1]; y_r[:-1]], L + j, K) rows [c0, r0, c1, r1, ...] (B2 = 2B)
+    log π(y_0) from h_p[L-1]; log π(y_j), j >= 1, from h_s[j-1]
+Right padding needs no prompt mask in `prefix` (padded keys only follow valid queries); the
+suffix gets kv_mask = prompt_mask so its queries never see the padded keys.
+Naive layout: 2B sequences [prompt[:L] ‖ y ‖ 0…] of static length P + R, the video encoded per
+sequence (duplicated, as other trainers do), one full causal forward; log π(y_j) from h[L-1+j].
+Both give Σ_j mask_j·log π(y_j) and Σ_j mask_j per response (`losses.response_logps`).
+
+Objectives (cfg.loss.name), each `Σ_b w_b·ℓ_b / N_pairs` (+ the SFT term), w = pair_weight:
+  leanpo  losses.leanpo_objective (average log-probs, SFT on chosen over N_tokens)
+  simpo   losses.simpo_loss on average log-probs
+  dpo     losses.dpo_loss on summed log-probs against batch ref_*_logps
+  sft     −Σ_b w_b·Σ log π(y_w,b) / N_tokens (chosen only)
+N_pairs = Σ w and N_tokens = Σ w·|y_w| are computed on the WHOLE batch before it is split into
+`grad_accum_steps` micro-batches, so the sum of micro-batch gradients is the full-batch gradient.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from leanpo_jax import losses
+from leanpo_jax.data.video import normalize_frames
+from leanpo_jax.train.state import ModelDef, TrainState, cfg_get, make_optimizer, make_schedule
+from leanpo_jax.train.state import merge_model, skip_counts
+
+LAYOUTS = ("shared", "naive")
+LOSS_NAMES = ("leanpo", "simpo", "dpo", "sft")
+LOSS_DEFAULTS = dict(
+    name="leanpo", beta=2.0, gamma=0.5, label_smoothing=0.1, smoothing_threshold=0.0,
+    smoothing_form="code", sft_weight=0.5, dpo_kind="sigmoid",
+)
+
+
+def _pairs_to_rows(a: jax.Array, b: jax.Array) -> jax.Array:
+    """[B, ...] x2 -> [2B, ...] interleaved rows [a0, b0, a1, b1, ...] (row r uses pair r // 2)."""
+    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+
+
+def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
+               chunk_size: int = 128, train_vision: bool = False) -> Dict[str, jax.Array]:
+    """-> {chosen, rejected}: summed response log-probs [B]; {chosen, rejected}_tokens: counts [B].
+
+    `batch["frames"]` must already be normalised floats. `train_vision=False` stops the gradient
+    at the video embeddings (the frozen tower is never differentiated).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+    prompt, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
+    lengths = batch["prompt_lengths"].astype(jnp.int32)
+    responses = _pairs_to_rows(batch["chosen_ids"], batch["rejected_ids"]).astype(jnp.int32)
+    masks = _pairs_to_rows(batch["chosen_mask"], batch["rejected_mask"])
+    rows, resp_len = responses.shape
+    row_lengths = jnp.repeat(lengths, 2)
+    frames = batch["frames"]
+
+    if layout == "shared":
+        video = model.encode_video(frames)
+        if not train_vision:
+            video = jax.lax.stop_gradient(video)
+        hidden_p, kv = model.prefix(prompt, video)
+        last = jnp.take_along_axis(hidden_p, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
+        hidden = jnp.repeat(last, 2, axis=0)
+        if resp_len > 1:
+            positions = row_lengths[:, None] + jnp.arange(resp_len - 1, dtype=jnp.int32)[None]
+            hidden_s = model.suffix(responses[:, :-1], positions, kv, kv_mask=prompt_mask)
+            hidden = jnp.concatenate([hidden, hidden_s.astype(hidden.dtype)], axis=1)
+    else:
+        video = model.encode_video(jnp.repeat(frames, 2, axis=0))
+        if not train_vision:
+            video = jax.lax.stop_gradient(video)
+        seq_len = prompt.shape[1] + resp_len
+        j = jnp.arange(seq_len, dtype=jnp.int32)[None]
+        rows_prompt = jnp.repeat(prompt, 2, axis=0).astype(jnp.int32)
+        from_prompt = jnp.take_along_axis(rows_prompt, jnp.minimum(j, prompt.shape[1] - 1), axis=1)
+        offset = j - row_lengths[:, None]
+        from_resp = jnp.take_along_axis(responses, jnp.clip(offset, 0, resp_len - 1), axis=1)
+        ids = jnp.where(offset < 0, from_prompt, jnp.where(offset < resp_len, from_resp, 0))
+        # Right padding: plain causal attention is exact at every valid position.
+        full = model(ids, video)
+        picks = row_lengths[:, None] - 1 + jnp.arange(resp_len, dtype=jnp.int32)[None]
+        hidden = jnp.take_along_axis(full, picks[..., None], axis=1)
+
+    sums, counts = losses.response_logps(
+        hidden, model.lm_head_kernel(), responses, masks, chunk_size=chunk_size
+    )
+    sums, counts = sums.reshape(-1, 2), counts.reshape(-1, 2)
+    return {"chosen": sums[:, 0], "rejected": sums[:, 1],
+            "chosen_tokens": counts[:, 0], "rejected_tokens": counts[:, 1]}
+
+
+def global_counts(batch) -> Tuple[jax.Array, jax.Array]:
+    """(N_pairs, N_tokens) = (Σ_b w_b, Σ_b w_b·|y_w,b|) of a whole batch (before splitting)."""
+    weights = batch["pair_weight"].astype(jnp.float32)
+    chosen_tokens = batch["chosen_mask"].astype(jnp.float32).sum(axis=-1)
+    return weights.sum(), (weights * chosen_tokens).sum()
+
+
+def _loss_cfg(cfg):
+    section = cfg_get(cfg, "loss", {})
+    return {k: cfg_get(section, k, v) for k, v in LOSS_DEFAULTS.items()}
+
+
+def objective(logps, batch, cfg, *, num_pairs=None, num_chosen_tokens=None):
+    """Loss from pair log-probs -> (scalar, metrics of (sum, count) pairs). See module docstring."""
+    lc = _loss_cfg(cfg)
+    name = lc["name"]
+    weights = batch["pair_weight"].astype(jnp.float32)
+    if num_pairs is None or num_chosen_tokens is None:
+        num_pairs, num_chosen_tokens = global_counts(batch)
+    if name == "leanpo":
+        return losses.leanpo_objective(
+            logps["chosen"], logps["chosen_tokens"], logps["rejected"], logps["rejected_tokens"],
+            beta=lc["beta"], gamma=lc["gamma"], label_smoothing=lc["label_smoothing"],
+            smoothing_threshold=lc["smoothing_threshold"], smoothing_form=lc["smoothing_form"],
+            sft_weight=lc["sft_weight"], pair_weights=weights, num_pairs=num_pairs,
+            num_chosen_tokens=num_chosen_tokens,
+        )
+    local_pairs = weights.sum()
+    chosen_avg = losses.average_logps(logps["chosen"], logps["chosen_tokens"])
+    rejected_avg = losses.average_logps(logps["rejected"], logps["rejected_tokens"])
+    sg = jax.lax.stop_gradient
+
+    def per_pair(values):
+        return (weights * sg(values)).sum(), local_pairs
+
+    metrics = {
+        "logps/chosen": per_pair(logps["chosen"]), "logps/rejected": per_pair(logps["rejected"]),
+        "logps/chosen_avg": per_pair(chosen_avg), "logps/rejected_avg": per_pair(rejected_avg),
+    }
+    nll_sum = -(weights * logps["chosen"]).sum()
+    metrics["loss/sft"] = (sg(nll_sum), (weights * logps["chosen_tokens"]).sum())
+    if name == "sft":
+        return nll_sum / jnp.maximum(num_chosen_tokens, 1.0), metrics
+    if name == "simpo":
+        per, aux = losses.simpo_loss(chosen_avg, rejected_avg, beta=lc["beta"], gamma=lc["gamma"],
+                                     label_smoothing=lc["label_smoothing"])
+    elif name == "dpo":
+        missing = [k for k in ("ref_chosen_logps", "ref_rejected_logps") if k not in batch]
+        if missing:
+            raise ValueError(f"loss.name='dpo' needs reference log-probs in the batch; missing {missing}")
+        per, aux = losses.dpo_loss(logps["chosen"], logps["rejected"], batch["ref_chosen_logps"],
+                                   batch["ref_rejected_logps"], beta=lc["beta"],
+                                   label_smoothing=lc["label_smoothing"], kind=lc["dpo_kind"])
+    else:
+        raise ValueError(f"loss.name={name!r}; expected one of {LOSS_NAMES}")
+    metrics["loss/preference"] = per_pair(per)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies"):
+        metrics[key] = per_pair(aux[key])
+    metrics["smoothing/active"] = per_pair((aux["smoothing/epsilon"] > 0).astype(jnp.float32))
+    return (weights * per).sum() / jnp.maximum(num_pairs, 1.0), metrics
+
+
+def loss_fn(trainable, frozen, batch, *, model_def: ModelDef, cfg, num_pairs=None,
+            num_chosen_tokens=None):
+    """(trainable, frozen, normalised batch) -> (loss, metrics). Differentiate w.r.t. trainable."""
+    model = merge_model(model_def, trainable, frozen)
+    logps = pair_logps(
+        model, batch, layout=cfg_get(cfg, "layout", "shared"),
+        chunk_size=int(cfg_get(cfg, "chunk_size", 128)), train_vision=model_def.trains_vision,
+    )
+    return objective(logps, batch, cfg, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
+
+
+def normalize_batch(batch, model_def: ModelDef):
+    """Frames uint8 -> float32 with the model config's mean/std (done on device, in the step)."""
+    config = model_def.config
+    batch = dict(batch)
+    if jnp.issubdtype(batch["frames"].dtype, jnp.integer):
+        batch["frames"] = normalize_frames(batch["frames"], config.vision.image_mean,
+                                           config.vision.image_std)
+    return batch
+
+
+def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):
+    """-> (loss, grads (f32, like trainable), metrics): exact over cfg.grad_accum_steps splits.
+
+    The batch is split into k contiguous micro-batches scanned one at a time; each uses the
+    whole batch's N_pairs / N_tokens, so Σ_i loss_i and Σ_i grad_i equal the full-batch values.
+    """
+    batch = normalize_batch(batch, model_def)
+    num_pairs, num_tokens = global_counts(batch)
+    k = int(cfg_get(cfg, "grad_accum_steps", 1))
+    size = batch["pair_weight"].shape[0]
+    if size % k:
+        raise ValueError(f"batch size {size} is not divisible by grad_accum_steps={k}")
+    grad_fn = jax.value_and_grad(
+        functools.partial(loss_fn, model_def=model_def, cfg=cfg, num_pairs=num_pairs,
+                          num_chosen_tokens=num_tokens), has_aux=True)
+    if k == 1:
+        (loss, metrics), grads = grad_fn(trainable, frozen, batch)
+        return loss, grads, metrics
+    micro = jax.tree.map(lambda x: x.reshape((k, size // k) + x.shape[1:]), batch)
+
+    def body(carry, mb):
+        (loss, metrics), grads = grad_fn(trainable, frozen, mb)
+        total_loss, total_grads, total_metrics = carry
+        return (total_loss + loss, jax.tree.map(jnp.add, total_grads, grads),
+                losses.sum_metrics(total_metrics, metrics)), None
+
+    # Zero carry of the right structure (one traced body, not a separate first micro-batch).
+    shapes = jax.eval_shape(grad_fn, trainable, frozen, jax.tree.map(lambda x: x[0], micro))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    (_, metrics0), grads0 = zeros
+    (loss, grads, metrics), _ = jax.lax.scan(body, (zeros[0][0], grads0, metrics0), micro)
+    return loss, grads, metrics
+
+
+def train_step(state: TrainState, batch, *, model_def: ModelDef, cfg, opt_cfg) -> Tuple[TrainState, Any]:
+    """Pure step: grads over trainable params, the optax update, (sum, count) metrics."""
+    trainable, frozen = state.params["trainable"], state.params["frozen"]
+    loss, grads, metrics = compute_grads(trainable, frozen, batch, model_def=model_def, cfg=cfg)
+    tx = make_optimizer(opt_cfg)
+    updates, opt_state = tx.update(grads, state.opt_state, trainable)
+    trainable = optax.apply_updates(trainable, updates)
+    consecutive, total = skip_counts(opt_state)
+    one = jnp.ones((), jnp.float32)
+    metrics = dict(metrics)
+    metrics["loss"] = (loss, one)  # global denominators: the summed micro-losses are the loss
+    metrics["optim/grad_norm"] = (optax.tree.norm(grads), one)
+    metrics["optim/lr"] = (make_schedule(opt_cfg)(state.step), one)
+    metrics["optim/skipped"] = (consecutive.astype(jnp.float32), one)
+    metrics["optim/skipped_total"] = (total.astype(jnp.float32), one)
+    new_state = state.replace(
+        params={"trainable": trainable, "frozen": frozen}, opt_state=opt_state,
+        step=state.step + 1, rng=jax.random.fold_in(state.rng, state.step),
+    )
+    return new_state, metrics
+
+
+def make_train_step(model_def: ModelDef, cfg, opt_cfg, *, in_shardings=None, out_shardings=None):
+    """jax.jit(train_step) with the state donated; shardings are passed through when given."""
+    kwargs = {}
+    if in_shardings is not None:
+        kwargs["in_shardings"] = in_shardings
+    if out_shardings is not None:
+        kwargs["out_shardings"] = out_shardings
+    fn = functools.partial(train_step, model_def=model_def, cfg=cfg, opt_cfg=opt_cfg)
+    return jax.jit(fn, donate_argnums=0, **kwargs)

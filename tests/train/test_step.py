@@ -1,0 +1,225 @@
+"""Training step: shared prefix == naive layout, its FLOPs saving, exact accumulation, updates."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from leanpo_jax.models.config import get_preset, num_video_tokens
+from leanpo_jax.models.video_llm import VideoLLM
+from leanpo_jax.train import state as state_lib
+from leanpo_jax.train import step as step_lib
+
+VOCAB = 512
+FRAMES = 4
+
+
+def tiny_config(remat=False):
+    config = get_preset("tiny")
+    return config.replace(text=dataclasses.replace(config.text, vocab_size=VOCAB), remat=remat)
+
+
+def make_batch(config, *, prompts, responses, frames=FRAMES, resp_len=6, pad=2, seed=0,
+               weights=None):
+    """Pipeline-shaped numpy batch: right-padded prompts (text, N placeholders, text), responses."""
+    rng = np.random.default_rng(seed)
+    n = num_video_tokens(config, frames)
+    rows = [np.concatenate([rng.integers(10, VOCAB, a), np.full(n, config.video_token_index),
+                            rng.integers(10, VOCAB, b)]) for a, b in prompts]
+    lengths = np.asarray([len(r) for r in rows], np.int32)
+    size, width = len(rows), int(lengths.max()) + pad
+    prompt = np.zeros((size, width), np.int32)
+    for i, r in enumerate(rows):
+        prompt[i, : len(r)] = r
+
+    def resp(k):
+        ids = np.zeros((size, resp_len), np.int32)
+        mask = np.zeros((size, resp_len), np.int32)
+        for i, lens in enumerate(responses):
+            ids[i, : lens[k]] = rng.integers(10, VOCAB, lens[k])
+            mask[i, : lens[k]] = 1
+        return ids, mask
+
+    (c_ids, c_mask), (r_ids, r_mask) = resp(0), resp(1)
+    s = config.vision.image_size
+    return {
+        "frames": rng.integers(0, 256, (size, frames, s, s, 3)).astype(np.uint8),
+        "prompt_ids": prompt, "prompt_mask": (np.arange(width)[None] < lengths[:, None]).astype(np.int32),
+        "prompt_lengths": lengths, "chosen_ids": c_ids, "chosen_mask": c_mask,
+        "rejected_ids": r_ids, "rejected_mask": r_mask,
+        "pair_weight": np.ones(size, np.float32) if weights is None else np.asarray(weights, np.float32),
+    }
+
+
+PAIR_BATCH = dict(prompts=[(3, 4), (1, 1)], responses=[(5, 3), (2, 6)])
+
+
+@pytest.fixture(scope="module")
+def models():
+    """Split (model_def, trainable, frozen) of the same weights with remat off and on."""
+    out = {}
+    for remat in (False, True):
+        model = VideoLLM(tiny_config(remat), rngs=nnx.Rngs(0))
+        out[remat] = state_lib.split_model(model)
+    return out
+
+
+def _grad_fn(model_def, layout):
+    cfg = {"layout": layout, "chunk_size": 4}
+    fn = functools.partial(step_lib.loss_fn, model_def=model_def, cfg=cfg)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))
+
+
+def _rel_err(got, want):
+    """max |got − want| / max |want| per leaf; worst leaf."""
+    got, want = dict(nnx.to_flat_state(got)), dict(nnx.to_flat_state(want))
+    assert got.keys() == want.keys()
+    worst = 0.0
+    for path in want:
+        w, g = np.asarray(want[path][...]), np.asarray(got[path][...])
+        worst = max(worst, float(np.abs(g - w).max() / max(np.abs(w).max(), 1e-30)))
+    return worst
+
+
+def test_split_freezes_the_vision_side(models):
+    _, trainable, frozen = models[False]
+    assert {p[0] for p in dict(nnx.to_flat_state(trainable))} == {"language_model"}
+    assert {p[0] for p in dict(nnx.to_flat_state(frozen))} == {"vision_tower", "connector"}
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_shared_prefix_equals_naive_layout(models, remat):
+    model_def, trainable, frozen = models[remat]
+    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def)
+    batch = jax.tree.map(jnp.asarray, batch)
+    if not remat:  # the forward log-probs do not depend on remat: compare them once
+        def logps(layout):
+            model = state_lib.merge_model(model_def, trainable, frozen)
+            return jax.jit(functools.partial(step_lib.pair_logps, layout=layout, chunk_size=4))(model, batch)
+        shared, naive = logps("shared"), logps("naive")
+        for key in ("chosen", "rejected"):
+            np.testing.assert_allclose(shared[key], naive[key], rtol=1e-5)
+            np.testing.assert_array_equal(shared[key + "_tokens"], naive[key + "_tokens"])
+        np.testing.assert_array_equal(shared["chosen_tokens"], [5, 2])
+    (loss_s, _), grads_s = _grad_fn(model_def, "shared")(trainable, frozen, batch)
+    (loss_n, _), grads_n = _grad_fn(model_def, "naive")(trainable, frozen, batch)
+    np.testing.assert_allclose(loss_s, loss_n, rtol=1e-5)
+    err = _rel_err(grads_s, grads_n)
+    print(f"remat={remat}: loss {float(loss_s):.6f} vs {float(loss_n):.6f}; worst leaf grad rel err {err:.2e}")
+    assert err <= 1e-5
+
+
+def test_shared_prefix_costs_at_most_0p6_of_naive_and_encodes_video_once(models, monkeypatch):
+    model_def, trainable, frozen = models[False]
+    # Prompt-heavy: 16 frames (65 video tokens), short responses.
+    batch = make_batch(model_def.config, prompts=[(2, 3), (1, 2)], responses=[(3, 2), (2, 3)],
+                       frames=16, resp_len=3)
+    batch = jax.tree.map(jnp.asarray, step_lib.normalize_batch(batch, model_def))
+    flops = {}
+    for layout in ("shared", "naive"):
+        cost = _grad_fn(model_def, layout).lower(trainable, frozen, batch).compile().cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        flops[layout] = float(cost["flops"])
+    ratio = flops["shared"] / flops["naive"]
+    print(f"FLOPs shared {flops['shared']:.3e} naive {flops['naive']:.3e} ratio {ratio:.3f}")
+    assert ratio <= 0.6
+
+    encoded = []
+    original = VideoLLM.encode_video
+
+    def spy(self, frames):
+        encoded.append(frames.shape[0])
+        return original(self, frames)
+
+    monkeypatch.setattr(VideoLLM, "encode_video", spy)
+    jax.eval_shape(functools.partial(step_lib.loss_fn, model_def=model_def, cfg={"layout": "shared"}),
+                   trainable, frozen, batch)
+    assert encoded == [2]  # one call, one video per pair
+
+
+def test_accumulation_4_micro_batches_equals_the_full_batch(models):
+    model_def, trainable, frozen = models[False]
+    batch = make_batch(model_def.config, prompts=[(3, 4), (1, 1), (2, 2), (4, 1)],
+                       responses=[(5, 3), (2, 6), (4, 4), (1, 2)], weights=[1, 1, 0, 1], seed=1)
+    results = {}
+    for k in (1, 4):
+        fn = functools.partial(step_lib.compute_grads, model_def=model_def,
+                               cfg={"grad_accum_steps": k, "chunk_size": 4})
+        results[k] = jax.jit(fn)(trainable, frozen, batch)
+    (loss1, grads1, m1), (loss4, grads4, m4) = results[1], results[4]
+    np.testing.assert_allclose(loss4, loss1, rtol=1e-5)
+    err = _rel_err(grads4, grads1)
+    print(f"accumulation: loss {float(loss1):.6f} vs {float(loss4):.6f}; worst leaf grad rel err {err:.2e}")
+    assert err <= 1e-5
+    for name in m1:
+        np.testing.assert_allclose(m4[name][0], m1[name][0], rtol=1e-5, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(m4[name][1], m1[name][1], rtol=1e-6, err_msg=name)
+
+
+def test_zero_weight_pairs_count_as_dropped(models):
+    model_def, trainable, frozen = models[False]
+    kwargs = dict(prompts=[(3, 4), (1, 1), (2, 2)], responses=[(5, 3), (2, 6), (4, 4)], seed=2)
+    full = make_batch(model_def.config, weights=[1, 0, 1], **kwargs)
+    dropped = jax.tree.map(lambda x: x[np.asarray([0, 2])], make_batch(model_def.config, **kwargs))
+    fn = jax.jit(functools.partial(step_lib.loss_fn, model_def=model_def, cfg={"chunk_size": 4}))
+    got = fn(trainable, frozen, step_lib.normalize_batch(full, model_def))
+    want = fn(trainable, frozen, step_lib.normalize_batch(dropped, model_def))
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
+    for name in want[1]:
+        np.testing.assert_allclose(got[1][name], want[1][name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_dpo_without_reference_logps_names_the_missing_keys(models):
+    model_def, trainable, frozen = models[False]
+    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def)
+    fn = functools.partial(step_lib.loss_fn, model_def=model_def, cfg={"loss": {"name": "dpo"}})
+    with pytest.raises(ValueError, match="ref_chosen_logps.*ref_rejected_logps"):
+        jax.eval_shape(fn, trainable, frozen, batch)
+
+
+def test_schedules_warm_up_then_decay():
+    cfg = dict(learning_rate=1.0, warmup_ratio=0.1, total_steps=100)
+    for kind, mid, end in (("linear", 1 - 40 / 90, 0.0), ("constant", 1.0, 1.0)):
+        sched = state_lib.make_schedule(dict(cfg, schedule=kind))
+        np.testing.assert_allclose([sched(0), sched(5), sched(10), sched(50), sched(100)],
+                                   [0.0, 0.5, 1.0, mid, end], atol=1e-6)
+    cosine = state_lib.make_schedule(dict(cfg, schedule="cosine"))
+    np.testing.assert_allclose([cosine(10), cosine(55), cosine(100)], [1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_train_steps_update_only_trainable_params_and_skip_non_finite():
+    model = VideoLLM(tiny_config(), rngs=nnx.Rngs(0))
+    opt_cfg = dict(learning_rate=3e-3, schedule="constant", warmup_ratio=0.0, total_steps=10,
+                   max_grad_norm=1.0)
+    model_def, state = state_lib.init_state(model, opt_cfg, 0)
+    step = step_lib.make_train_step(model_def, {"chunk_size": 4}, opt_cfg)
+    batch = make_batch(model_def.config, **PAIR_BATCH)
+    host = lambda tree: jax.tree.map(np.array, tree)  # noqa: E731  (copies: the state is donated)
+    frozen0, trainable0 = host(state.params["frozen"]), host(state.params["trainable"])
+    losses = []
+    for _ in range(4):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"][0]))
+    print("losses", losses)
+    assert losses[-1] < losses[0]
+    for a, b in zip(jax.tree.leaves(frozen0), jax.tree.leaves(state.params["frozen"])):
+        np.testing.assert_array_equal(a, b)
+    assert all(np.any(a != b) for a, b in
+               zip(jax.tree.leaves(trainable0), jax.tree.leaves(state.params["trainable"])))
+    assert int(state.step) == 4 and float(metrics["optim/skipped_total"][0]) == 0
+
+    # A poisoned batch (NaN pair weight -> NaN loss and gradients): skipped and counted.
+    before = host(state.params["trainable"])
+    poisoned = dict(batch, pair_weight=np.asarray([1.0, np.nan], np.float32))
+    state, metrics = step(state, poisoned)
+    assert not np.isfinite(float(metrics["loss"][0]))
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(state.params["trainable"])):
+        np.testing.assert_array_equal(a, b)
+    assert [int(x) for x in state_lib.skip_counts(state.opt_state)] == [1, 1]
+    state, metrics = step(state, batch)  # a finite step resets the consecutive count only
+    assert [int(x) for x in state_lib.skip_counts(state.opt_state)] == [0, 1]
+    assert np.isfinite(float(metrics["loss"][0])) and int(state.step) == 6
