@@ -35,7 +35,6 @@ import os
 import re
 from typing import Optional, Sequence, Tuple, Union
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -125,7 +124,7 @@ def read_video(path: str, num_frames: int, *, image_size: int, fps_sampling: Opt
         return _read_file(path, num_frames, image_size, fps_sampling, max_frames)
     except VideoError:
         raise
-    except (av.error.FFmpegError, OSError, EOFError) as e:  # FFmpeg's and the OS's "cannot read"
+    except (_av().error.FFmpegError, OSError, EOFError) as e:  # FFmpeg's and the OS's "cannot read"
         raise VideoError(UNREADABLE_VIDEO, f"cannot decode: {type(e).__name__}: {e}", path) from e
 
 
@@ -212,8 +211,16 @@ def _stream_fps(stream, pts: Optional[list], n: int) -> float:
     return 1.0
 
 
+def _av():
+    # Imported on first decode, not at import: the train step uses normalize_frames from this
+    # module and must run where PyAV is absent (the GPU image).
+    import av  # pylint: disable=import-outside-toplevel
+
+    return av
+
+
 def _open(path):
-    container = av.open(path, metadata_errors="ignore")
+    container = _av().open(path, metadata_errors="ignore")
     if not container.streams.video:
         container.close()
         raise VideoError(UNREADABLE_VIDEO, "no video stream (not a video, or truncated before its "
