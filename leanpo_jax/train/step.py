@@ -72,12 +72,17 @@ def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
     masks = _pairs_to_rows(batch["chosen_mask"], batch["rejected_mask"])
     rows, resp_len = responses.shape
     row_lengths = jnp.repeat(lengths, 2)
-    frames = batch["frames"]
+    # Text-only models (config.vision None) and batches without frames run the LLM alone.
+    frames = batch.get("frames") if model.vision_tower is not None else None
+
+    def encode(f):
+        if f is None:
+            return None
+        video = model.encode_video(f)
+        return video if train_vision else jax.lax.stop_gradient(video)
 
     if layout == "shared":
-        video = model.encode_video(frames)
-        if not train_vision:
-            video = jax.lax.stop_gradient(video)
+        video = encode(frames)
         hidden_p, kv = model.prefix(prompt, video)
         last = jnp.take_along_axis(hidden_p, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
         hidden = jnp.repeat(last, 2, axis=0)
@@ -86,9 +91,7 @@ def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
             hidden_s = model.suffix(responses[:, :-1], positions, kv, kv_mask=prompt_mask)
             hidden = jnp.concatenate([hidden, hidden_s.astype(hidden.dtype)], axis=1)
     else:
-        video = model.encode_video(jnp.repeat(frames, 2, axis=0))
-        if not train_vision:
-            video = jax.lax.stop_gradient(video)
+        video = encode(None if frames is None else jnp.repeat(frames, 2, axis=0))
         seq_len = prompt.shape[1] + resp_len
         j = jnp.arange(seq_len, dtype=jnp.int32)[None]
         rows_prompt = jnp.repeat(prompt, 2, axis=0).astype(jnp.int32)
@@ -186,7 +189,9 @@ def normalize_batch(batch, model_def: ModelDef):
     """Frames uint8 -> float32 with the model config's mean/std (done on device, in the step)."""
     config = model_def.config
     batch = dict(batch)
-    if jnp.issubdtype(batch["frames"].dtype, jnp.integer):
+    if config.vision is None:
+        batch.pop("frames", None)
+    elif jnp.issubdtype(batch["frames"].dtype, jnp.integer):
         batch["frames"] = normalize_frames(batch["frames"], config.vision.image_mean,
                                            config.vision.image_std)
     return batch
