@@ -364,3 +364,103 @@ def maybe_initialize_distributed(cfg: Any) -> bool:
     else:
         jax.distributed.initialize()
     return True
+
+
+# ----------------------------------------------------------------------------- train state / step
+def _has_vars(tree: Any) -> bool:
+    return any(_is_var(x) for x in jax.tree.leaves(tree, is_leaf=_is_var))
+
+
+def _reference_shardings(names_from: Any, mesh: jax.sharding.Mesh, rules):
+    """param_shardings of whatever carries the logical names (see `state_shardings`)."""
+    if hasattr(names_from, "graphdef") and hasattr(names_from, "config"):  # a train.state.ModelDef
+        from leanpo_jax.models import abstract_model  # lazy: keep this module model-agnostic
+
+        names_from = nnx.state(abstract_model(names_from.config), nnx.Param)
+    return param_shardings(names_from, mesh, rules)
+
+
+def _params_shardings(tree: Any, mesh, rules, reference):
+    if _has_vars(tree) or reference is None:
+        return param_shardings(tree, mesh, rules)
+    # Plain arrays (names lost, e.g. a pure dict): take each leaf's sharding from the reference
+    # parameter at the longest matching path suffix whose spec fits its shape.
+    return like_params(tree, reference, mesh)
+
+
+def state_shardings(state: Any, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES, *,
+                    names_from: Any = None):
+    """TrainState-shaped NamedShardings for `leanpo_jax.train.state.TrainState`.
+
+    params["trainable"] and params["frozen"] by their logical names (`param_shardings`);
+    opt_state like the trainable params (`like_params`: adam mu/nu follow them, counts and
+    skip counters replicated); step and rng replicated. `state` may be concrete or abstract
+    (`jax.eval_shape(lambda: init_state(...)[1])`). Usable as jit in/out_shardings for the
+    state (each Variable gets one NamedSharding, a valid prefix).
+
+    `init_state` keeps the nnx Variables (with their `out_sharding` names) in both params and
+    the Adam moments, so `names_from` is not needed for it. Only when the param leaves are
+    plain arrays (names dropped, e.g. `nnx.to_pure_dict` trees) pass `names_from`: an nnx
+    Module (abstract or concrete), a state of Variables, or a `ModelDef` (an abstract
+    VideoLLM is built from its config); leaves are then matched to its params by path.
+    Without it, plain-array params are replicated.
+    """
+    reference = None if names_from is None else _reference_shardings(names_from, mesh, rules)
+    params = state.params
+    trainable = _params_shardings(params["trainable"], mesh, rules, reference)
+    frozen = _params_shardings(params["frozen"], mesh, rules, reference)
+    replicated = NamedSharding(mesh, P())
+    return state.replace(
+        params={"trainable": trainable, "frozen": frozen},
+        opt_state=like_params(state.opt_state, trainable, mesh),
+        step=replicated, rng=replicated,
+    )
+
+
+def shard_state(state: Any, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES, *,
+                names_from: Any = None):
+    """The concrete `state` moved onto `mesh` with `state_shardings` (jax.device_put).
+
+    The input arrays are not donated; with jax.device_put a leaf already in place is reused.
+    """
+    return jax.device_put(state, state_shardings(state, mesh, rules, names_from=names_from))
+
+
+def sharded_train_step(model_def: Any, cfg: Any, opt_cfg: Any, state: Any, batch_example: Any,
+                       mesh: jax.sharding.Mesh, rules=DEFAULT_RULES, *, names_from: Any = None):
+    """`leanpo_jax.train.step.make_train_step` jitted for `mesh`; returns `step(state, batch)`.
+
+    in_shardings = (state_shardings(state), batch_shardings(batch_example)), out_shardings =
+    (state_shardings(state), replicated metrics); the state is donated. `state` and
+    `batch_example` fix the structure only (concrete or abstract: arrays or
+    ShapeDtypeStructs); every batch passed later must have the same keys and global shapes,
+    and its leading (global) dim must divide over data * fsdp (else ValueError naming
+    data.batch_size, raised here). Pass the state from `shard_state` (or a jit that outputs
+    these shardings) and batches from `global_batch`; host numpy batches work on one process.
+
+        state = shard_state(state, mesh)
+        step = sharded_train_step(model_def, cfg, opt_cfg, state, batch, mesh)
+        state, metrics = step(state, batch)
+
+    The returned callable enters `jax.set_mesh(mesh)` itself around each call (and around
+    `step.lower(...)`); the underlying jitted function is `step.jitted` (call that one under
+    `with jax.set_mesh(mesh):`). `names_from` as in `state_shardings`.
+    """
+    from leanpo_jax.train.step import make_train_step  # lazy: step imports models / losses
+
+    s_sh = state_shardings(state, mesh, rules, names_from=names_from)
+    b_sh = batch_shardings(batch_example, mesh)
+    jitted = make_train_step(model_def, cfg, opt_cfg, in_shardings=(s_sh, b_sh),
+                             out_shardings=(s_sh, NamedSharding(mesh, P())))
+
+    def step(state, batch):
+        with jax.set_mesh(mesh):
+            return jitted(state, batch)
+
+    def lower(state, batch):
+        with jax.set_mesh(mesh):
+            return jitted.lower(state, batch)
+
+    step.jitted, step.lower = jitted, lower
+    step.state_shardings, step.batch_shardings = s_sh, b_sh
+    return step
