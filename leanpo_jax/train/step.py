@@ -52,26 +52,31 @@ LOSS_DEFAULTS = dict(
 )
 
 
-def _pairs_to_rows(a: jax.Array, b: jax.Array) -> jax.Array:
-    """[B, ...] x2 -> [2B, ...] interleaved rows [a0, b0, a1, b1, ...] (row r uses pair r // 2)."""
-    return jnp.stack([a, b], axis=1).reshape((2 * a.shape[0],) + a.shape[1:])
+def _group_rows(arrays) -> jax.Array:
+    """g arrays [B, ...] -> [gB, ...] interleaved rows [a0, b0, .., a1, b1, ..] (row r: pair r // g)."""
+    g = len(arrays)
+    return jnp.stack(arrays, axis=1).reshape((g * arrays[0].shape[0],) + arrays[0].shape[1:])
 
 
 def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
-               chunk_size: int = 128, train_vision: bool = False) -> Dict[str, jax.Array]:
-    """-> {chosen, rejected}: summed response log-probs [B]; {chosen, rejected}_tokens: counts [B].
+               chunk_size: int = 128, train_vision: bool = False,
+               names: Tuple[str, ...] = ("chosen", "rejected")) -> Dict[str, jax.Array]:
+    """-> {name}: summed response log-probs [B] and {name}_tokens: counts [B] for each name.
 
-    `batch["frames"]` must already be normalised floats. `train_vision=False` stops the gradient
-    at the video embeddings (the frozen tower is never differentiated).
+    The responses are batch[f"{name}_ids"] / batch[f"{name}_mask"] (default chosen and
+    rejected; ("chosen",) alone for SFT). `batch["frames"]` must already be normalised floats.
+    `train_vision=False` stops the gradient at the video embeddings (the frozen tower is never
+    differentiated).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+    g = len(names)
     prompt, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
     lengths = batch["prompt_lengths"].astype(jnp.int32)
-    responses = _pairs_to_rows(batch["chosen_ids"], batch["rejected_ids"]).astype(jnp.int32)
-    masks = _pairs_to_rows(batch["chosen_mask"], batch["rejected_mask"])
+    responses = _group_rows([batch[f"{n}_ids"] for n in names]).astype(jnp.int32)
+    masks = _group_rows([batch[f"{n}_mask"] for n in names])
     rows, resp_len = responses.shape
-    row_lengths = jnp.repeat(lengths, 2)
+    row_lengths = jnp.repeat(lengths, g)
     # Text-only models (config.vision None) and batches without frames run the LLM alone.
     frames = batch.get("frames") if model.vision_tower is not None else None
 
@@ -85,16 +90,16 @@ def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
         video = encode(frames)
         hidden_p, kv = model.prefix(prompt, video)
         last = jnp.take_along_axis(hidden_p, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
-        hidden = jnp.repeat(last, 2, axis=0)
+        hidden = jnp.repeat(last, g, axis=0)
         if resp_len > 1:
             positions = row_lengths[:, None] + jnp.arange(resp_len - 1, dtype=jnp.int32)[None]
             hidden_s = model.suffix(responses[:, :-1], positions, kv, kv_mask=prompt_mask)
             hidden = jnp.concatenate([hidden, hidden_s.astype(hidden.dtype)], axis=1)
     else:
-        video = encode(None if frames is None else jnp.repeat(frames, 2, axis=0))
+        video = encode(None if frames is None else jnp.repeat(frames, g, axis=0))
         seq_len = prompt.shape[1] + resp_len
         j = jnp.arange(seq_len, dtype=jnp.int32)[None]
-        rows_prompt = jnp.repeat(prompt, 2, axis=0).astype(jnp.int32)
+        rows_prompt = jnp.repeat(prompt, g, axis=0).astype(jnp.int32)
         from_prompt = jnp.take_along_axis(rows_prompt, jnp.minimum(j, prompt.shape[1] - 1), axis=1)
         offset = j - row_lengths[:, None]
         from_resp = jnp.take_along_axis(responses, jnp.clip(offset, 0, resp_len - 1), axis=1)
@@ -107,9 +112,11 @@ def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
     sums, counts = losses.response_logps(
         hidden, model.lm_head_kernel(), responses, masks, chunk_size=chunk_size
     )
-    sums, counts = sums.reshape(-1, 2), counts.reshape(-1, 2)
-    return {"chosen": sums[:, 0], "rejected": sums[:, 1],
-            "chosen_tokens": counts[:, 0], "rejected_tokens": counts[:, 1]}
+    sums, counts = sums.reshape(-1, g), counts.reshape(-1, g)
+    out = {}
+    for i, n in enumerate(names):
+        out[n], out[f"{n}_tokens"] = sums[:, i], counts[:, i]
+    return out
 
 
 def global_counts(batch) -> Tuple[jax.Array, jax.Array]:
@@ -140,21 +147,20 @@ def objective(logps, batch, cfg, *, num_pairs=None, num_chosen_tokens=None):
             num_chosen_tokens=num_chosen_tokens,
         )
     local_pairs = weights.sum()
-    chosen_avg = losses.average_logps(logps["chosen"], logps["chosen_tokens"])
-    rejected_avg = losses.average_logps(logps["rejected"], logps["rejected_tokens"])
     sg = jax.lax.stop_gradient
 
     def per_pair(values):
         return (weights * sg(values)).sum(), local_pairs
 
-    metrics = {
-        "logps/chosen": per_pair(logps["chosen"]), "logps/rejected": per_pair(logps["rejected"]),
-        "logps/chosen_avg": per_pair(chosen_avg), "logps/rejected_avg": per_pair(rejected_avg),
-    }
+    chosen_avg = losses.average_logps(logps["chosen"], logps["chosen_tokens"])
+    metrics = {"logps/chosen": per_pair(logps["chosen"]), "logps/chosen_avg": per_pair(chosen_avg)}
     nll_sum = -(weights * logps["chosen"]).sum()
     metrics["loss/sft"] = (sg(nll_sum), (weights * logps["chosen_tokens"]).sum())
-    if name == "sft":
+    if name == "sft":  # SFT reads the chosen (or triplet answer) responses only
         return nll_sum / jnp.maximum(num_chosen_tokens, 1.0), metrics
+    rejected_avg = losses.average_logps(logps["rejected"], logps["rejected_tokens"])
+    metrics["logps/rejected"] = per_pair(logps["rejected"])
+    metrics["logps/rejected_avg"] = per_pair(rejected_avg)
     if name == "simpo":
         per, aux = losses.simpo_loss(chosen_avg, rejected_avg, beta=lc["beta"], gamma=lc["gamma"],
                                      label_smoothing=lc["label_smoothing"])
@@ -178,9 +184,11 @@ def loss_fn(trainable, frozen, batch, *, model_def: ModelDef, cfg, num_pairs=Non
             num_chosen_tokens=None):
     """(trainable, frozen, normalised batch) -> (loss, metrics). Differentiate w.r.t. trainable."""
     model = merge_model(model_def, trainable, frozen)
+    sft_only = _loss_cfg(cfg)["name"] == "sft"
     logps = pair_logps(
         model, batch, layout=cfg_get(cfg, "layout", "shared"),
         chunk_size=int(cfg_get(cfg, "chunk_size", 128)), train_vision=model_def.trains_vision,
+        names=("chosen",) if sft_only else ("chosen", "rejected"),
     )
     return objective(logps, batch, cfg, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
 
