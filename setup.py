@@ -47,5 +47,8 @@ setup(
     packages=find_packages(include=["leanpo_jax", "leanpo_jax.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
-    entry_points={"console_scripts": ["leanpo-check-data=leanpo_jax.data.check:main"]},
+    entry_points={"console_scripts": [
+        "leanpo-check-data=leanpo_jax.data.check:main",
+        "leanpo-train=leanpo_jax.train.__main__:main",
+    ]},
 )

@@ -1,40 +1,37 @@
 """The embedded CPU configuration (ml_collections): small enough for a 2-core machine.
 
-Use with `--config=configs/tiny.py` and override any key as `--config.loss.beta=1.5`.
-Later stages (model, data, training, generation) extend this same file.
+    python -m leanpo_jax.train --config configs/tiny.py --workdir /tmp/tiny_run
+
+Use with `--config=configs/tiny.py` and override any key as `--config.loss.beta=1.5`. With no
+data file set it generates the synthetic shapes corpus into WORKDIR/synthetic on the first run
+(train split + an 8-record held-out split used for eval and the probe). Every key of every
+block is documented where the block is defined: leanpo_jax/train/config.py (model, optimizer,
+train, eval, probe, logging, checkpoint), leanpo_jax/data/config.py (data),
+leanpo_jax/train/sharding.py (mesh, distributed).
 """
 
 import ml_collections
 
-from leanpo_jax.data.config import data_config
-
-
-def loss_config() -> ml_collections.ConfigDict:
-    """The preference objective (shared/method.md §2); paper defaults for LeanPO."""
-    loss = ml_collections.ConfigDict()
-    # Objective: "leanpo" | "simpo" (static smoothing) | "dpo" (needs reference log-probs) | "sft".
-    loss.name = "leanpo"
-    # β > 0: reward scale, reward = β · average token log-prob of the response.
-    loss.beta = 2.0
-    # γ ≥ 0: target reward margin inside the Bradley–Terry sigmoid.
-    loss.gamma = 0.5
-    # α in [0, 1): ε for pairs the policy currently ranks the wrong way (dynamic smoothing);
-    # for "simpo" and "dpo" it is the static smoothing applied to every pair.
-    loss.label_smoothing = 0.1
-    # d: ε = α where Δ = avg_logp(chosen) − avg_logp(rejected) < d (paper: 0; d > 0 did worse).
-    loss.smoothing_threshold = 0.0
-    # "code" (γ inside both sigmoids, the authors' scripts) | "symmetric" (σ(−(βΔ − γ))).
-    loss.smoothing_form = "code"
-    # λ_sft ≥ 0: weight of the winner's token-mean NLL (paper: 0.5; 0.1 in one Qwen2-VL run).
-    loss.sft_weight = 0.5
-    # DPO only: "sigmoid" | "ipo" | "hinge".
-    loss.dpo_kind = "sigmoid"
-    return loss
+from leanpo_jax.train.config import training_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.loss = loss_config()
-    config.data = data_config()
+    config = training_config("tiny")
+    # With no data file: 8 synthetic records x 5 epochs = 20 steps of 2 pairs (seeing each pair
+    # again is what lets a random tiny model's preference loss fall within 20 steps).
+    config.data.synthetic = 8
+    config.data.num_epochs = 5
+    config.data.response_buckets = (16, 32)
+    config.data.max_response_tokens = 32
+    config.data.max_prompt_text_tokens = 48
+    config.total_steps = 20
+    # A tiny random model needs a far larger step than the paper's 5e-7 to move at all.
+    config.optimizer.learning_rate = 5e-3
+    config.optimizer.warmup_ratio = 0.1
+    config.train.chunk_size = 64
+    config.eval.every = 10
+    config.probe.every = 5
+    config.logging.log_every = 1
+    config.checkpoint.every = 10
+    config.checkpoint.max_to_keep = 2
     return config

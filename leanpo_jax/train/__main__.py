@@ -1,0 +1,54 @@
+"""`python -m leanpo_jax.train --config configs/tiny.py --workdir DIR [--config.key=value ...]`.
+
+Trains (or resumes) on DIR; see leanpo_jax.train.trainer for what lands there. Console script:
+`leanpo-train`. Exit codes: 0 done (or nothing to do), 1 error, 3 too many non-finite updates
+in a row, 143 SIGTERM (a checkpoint was saved: rerun to continue).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, exports.")
+
+
+def _main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value overrides")
+    from absl import logging
+
+    from leanpo_jax.train import trainer  # after flag parsing: jax starts on first use
+
+    if not flags.FLAGS["verbosity"].present:
+        # Orbax logs every checkpoint phase at INFO; warnings only unless --verbosity asks.
+        logging.set_verbosity(logging.WARNING)
+
+    try:
+        summary = trainer.train(_CONFIG.value, _WORKDIR.value)
+    except trainer.TrainingStopped as stop:
+        print(f"leanpo-train: {stop}", file=sys.stderr, flush=True)
+        sys.exit(stop.exit_code)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"leanpo-train: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    last = summary.get("last") or {}
+    if summary.get("message"):
+        return
+    shown = {k: last.get(k) for k in ("loss", "rewards/margins", "tokens_per_s", "pairs_per_s")}
+    print(f"leanpo-train: done at step {summary['step']}: " +
+          ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None), flush=True)
+
+
+def main() -> None:
+    """Console-script entry point (`leanpo-train`)."""
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Model FLOPs of one train step for the layout actually run (for MFU), and device peaks.
+
+Counting (matmuls only, 2 FLOPs per multiply-add; remat recompute NOT counted):
+  LLM, per token through a layer stack:  2·N_layers_matmul forward, ×3 with the backward
+  attention scores + values per query:   4·L·d_attn·(keys it sees), ×3 with the backward
+  LM head: 2·d·V per response position (chunked; only there), ×3 with the backward
+  vision tower + projector per video:    2·N_vision·patches (+ projector), forward only when
+                                         frozen, ×3 when trained
+Shared layout per pair: the prompt (P tokens, causal: P²/2 key visits) once; each of the g
+responses (R tokens) over P prompt keys + its own causal R²/2. Naive: g sequences of P + R
+tokens, causal, and the video encoded g times. Static (padded) shapes, as the step runs them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from leanpo_jax.models.config import VideoLLMConfig, num_video_tokens
+
+# bf16 dense matmul peaks (TFLOP/s per device). H100/H200: measured on the project's GPU
+# machine (~800, below the 989 datasheet figure); TPUs: datasheet values.
+PEAK_TFLOPS = {"h100": 800.0, "h200": 800.0, "a100": 312.0, "tpu v4": 275.0, "tpu v5 lite": 197.0,
+               "tpu v5e": 197.0, "tpu v5p": 459.0, "tpu v6": 918.0}
+
+
+def device_peak_tflops(device_kind: str) -> Optional[float]:
+    """The table's peak for a `jax.Device.device_kind` (case-insensitive substring), else None."""
+    kind = device_kind.lower()
+    for key, value in PEAK_TFLOPS.items():
+        if key in kind:
+            return value
+    return None
+
+
+def _layer_matmul_params(config: VideoLLMConfig) -> int:
+    t = config.text
+    hd = t.resolved_head_dim
+    attn = t.hidden_size * hd * (t.num_heads * 2 + t.num_kv_heads * 2)
+    mlp = 3 * t.hidden_size * t.intermediate_size
+    return t.num_layers * (attn + mlp)
+
+
+def _attention(config: VideoLLMConfig, key_visits: float) -> float:
+    t = config.text
+    return 4.0 * t.num_layers * t.num_heads * t.resolved_head_dim * key_visits
+
+
+def _vision_forward(config: VideoLLMConfig, num_frames: int) -> float:
+    v = config.vision
+    if v is None:
+        return 0.0
+    patches = v.num_patches
+    per_layer = 4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size
+    tower = 2.0 * num_frames * patches * (v.num_layers * per_layer + 3 * patches * v.hidden_size)
+    tower += 2.0 * num_frames * patches * 2 * patches * v.hidden_size * v.num_layers  # scores
+    d = config.text.hidden_size
+    projector = 2.0 * num_frames * patches * (v.hidden_size * d + d * d)
+    return tower + projector
+
+
+def step_flops(config: VideoLLMConfig, *, pairs: int, prompt_len: int, response_len: int,
+               num_frames: int = 0, responses_per_pair: int = 2, layout: str = "shared",
+               train_vision: bool = False) -> float:
+    """Model FLOPs (forward + backward) of one train step over `pairs` pairs (module docstring)."""
+    g, p, r = responses_per_pair, prompt_len, response_len
+    dense = 2.0 * _layer_matmul_params(config)
+    head = 2.0 * config.text.hidden_size * config.text.vocab_size * g * r
+    if layout == "shared":
+        tokens = p + g * r
+        visits = p * (p + 1) / 2 + g * (r * p + r * (r + 1) / 2)
+        videos = 1
+    else:
+        tokens = g * (p + r)
+        visits = g * (p + r) * (p + r + 1) / 2
+        videos = g
+    llm = 3.0 * (dense * tokens + _attention(config, visits) + head)
+    vision = 0.0
+    if num_frames and config.vision is not None:
+        vision = videos * _vision_forward(config, num_frames) * (3.0 if train_vision else 1.0)
+    return pairs * (llm + vision)
+
+
+def batch_step_flops(config: VideoLLMConfig, batch_shapes: dict, *, layout: str,
+                     train_vision: bool = False, responses_per_pair: int = 2) -> float:
+    """`step_flops` from a batch's field shapes ({name: shape})."""
+    pairs, prompt_len = batch_shapes["prompt_ids"][:2]
+    response_len = batch_shapes["chosen_ids"][1]
+    frames = batch_shapes["frames"][1] if "frames" in batch_shapes and config.vision is not None else 0
+    if frames:
+        assert num_video_tokens(config, frames) <= prompt_len
+    return step_flops(config, pairs=pairs, prompt_len=prompt_len, response_len=response_len,
+                      num_frames=frames, responses_per_pair=responses_per_pair, layout=layout,
+                      train_vision=train_vision)
