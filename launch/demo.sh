@@ -7,11 +7,10 @@ cd "$root"
 workdir="${1:-$root/demo_out}"
 source launch/_venv.sh
 ensure_venv demo
-# The end-to-end job (synthetic corpus -> SFT -> self-generated pairs -> DPO/SimPO/LeanPO) is
-# built by the training and demo issues; until its entry point exists, say so plainly.
-if ! "$VENV_PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("leanpo_jax.demo") is None)'; then
-    echo "leanpo_jax is installed in $root/.venv, but the main job (leanpo_jax.demo) is not built yet:" >&2
-    echo "this checkout has the loss library only (see README.md, 'What exists')." >&2
-    exit 3
+if "$VENV_PYTHON" -c 'import importlib.util, sys; sys.exit(importlib.util.find_spec("leanpo_jax.demo") is None)'; then
+    exec "$VENV_PYTHON" -m leanpo_jax.demo --workdir "$workdir"
 fi
-exec "$VENV_PYTHON" -m leanpo_jax.demo --workdir "$workdir"
+# Until the end-to-end demo (SFT -> self-generated pairs -> DPO/SimPO/LeanPO) exists, the job is
+# a LeanPO run of the tiny config on a synthetic corpus generated into the workdir (CPU, ~1-2 min).
+# Rerunning on the same workdir resumes from its checkpoint (and does nothing once finished).
+exec "$VENV_PYTHON" -m leanpo_jax.train --config configs/tiny.py --workdir "$workdir"

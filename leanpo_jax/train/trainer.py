@@ -186,6 +186,24 @@ class Trainer:
                                        chunk_size=int(self.config.train.chunk_size),
                                        to_device=self._to_device)
 
+    def _initial_state(self, trainable, frozen_params, opt_cfg):
+        """TrainState at step 0 built by one jit with the state's out_shardings: every array
+        (rng and step too) is a global array on the mesh, also across processes, and nothing
+        aliases the model's buffers (the first donated step would delete them)."""
+        seed = int(self.config.seed)
+
+        def build(trainable, frozen_params):
+            trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
+            return state_lib.TrainState(
+                params={"trainable": trainable, "frozen": frozen_params},
+                opt_state=state_lib.make_optimizer(opt_cfg).init(trainable),
+                step=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))
+
+        abstract = jax.eval_shape(build, trainable, frozen_params)
+        shardings = sharding.state_shardings(abstract, self.mesh)
+        with jax.set_mesh(self.mesh):
+            return jax.jit(build, out_shardings=shardings)(trainable, frozen_params)
+
     # ----------------------------------------------------------------------------- pieces
     def _probe(self, state, step: int) -> Optional[Dict]:
         if self.probe_pipeline is None:
@@ -251,20 +269,16 @@ class Trainer:
         self.model_flops_config = model.config
         opt_cfg = _opt_cfg(config, self.total_steps)
         opt_cfg["max_consecutive_skips"] = 2**30  # the loop stops first (train.max_consecutive_skips)
-        self.param_dtypes = None
         frozen = tuple(config.model.frozen_modules)
-        self.model_def, state = state_lib.init_state(model, opt_cfg, int(config.seed), frozen=frozen)
-        _, trainable, _ = state_lib.split_model(model, frozen)
+        self.model_def, trainable, frozen_params = state_lib.split_model(model, frozen)
         self.param_dtypes = jax.tree.map(lambda x: x.dtype, trainable)
-        # The state must not alias the model's buffers: the first donated step deletes them.
-        state = jax.tree.map(lambda x: jnp.array(x, copy=True), state)
-        state = sharding.shard_state(state, self.mesh)
-        del model, trainable
+        state = self._initial_state(trainable, frozen_params, opt_cfg)
+        del model, trainable, frozen_params
         self.refs = self._references(self._model(state))
         if self.latest is not None:
+            # The fresh state's arrays already sit in their shardings: restore onto the same.
             abstract = jax.tree.map(
-                lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                state, sharding.state_shardings(state, self.mesh))
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             state, data_state, _ = self.ckpt.restore(abstract, self.latest)
             self.pipeline.set_state(data_state)
         start = int(jax.device_get(state.step))
@@ -324,7 +338,16 @@ class Trainer:
                 window["last"] = metrics
                 window["metrics"] = metrics if window["metrics"] is None else losses.sum_metrics(window["metrics"], metrics)
                 skipped_in_row = int(metrics["optim/skipped"][0])
-                if skipped_in_row >= int(config.train.max_consecutive_skips):
+                stop = skipped_in_row >= int(config.train.max_consecutive_skips)
+                if step % int(config.logging.log_every) == 0 or step == self.num_steps or stop:
+                    last_row = self._log_window(step, window, peak)
+                    window = {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None}
+                if bar is not None:
+                    shown = last_row or {}
+                    bar.update(1)
+                    bar.set_postfix(loss=shown.get("loss"), margin=shown.get("rewards/margins"),
+                                    tok_s=shown.get("tokens_per_s"), refresh=False)
+                if stop:
                     self._finish_logging(bar)
                     self.ckpt.wait()
                     raise TrainingStopped(
@@ -333,14 +356,6 @@ class Trainer:
                         f"were not updated by them. The last good checkpoint "
                         f"(step {self.ckpt.latest_step()}) is kept in {self.ckpt_dir}. Check the data "
                         "around these steps and the learning rate.", EXIT_SKIPS)
-                if step % int(config.logging.log_every) == 0 or step == self.num_steps:
-                    last_row = self._log_window(step, window, peak)
-                    window = {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None}
-                if bar is not None:
-                    shown = last_row or {}
-                    bar.update(1)
-                    bar.set_postfix(loss=shown.get("loss"), margin=shown.get("rewards/margins"),
-                                    tok_s=shown.get("tokens_per_s"), refresh=False)
                 if step % int(config.probe.every) == 0 or step == self.num_steps:
                     self._probe(state, step)
                 if step % int(config.eval.every) == 0 or step == self.num_steps:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Training on a TPU pod slice: the SAME command runs on every worker, e.g.
+#   gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command \
+#     "cd leanpo_jax && bash launch/tpu_pod_train.sh configs/llava_video_7b.py /mnt/shared/runs/lv7b \
+#        --config.model.init_from=/mnt/models/LLaVA-Video-7B-Qwen2 --config.data.pairs=/mnt/data/pairs.jsonl"
+# jax.distributed.initialize() discovers the workers on TPU VMs (distributed.auto=True); each
+# worker reads its shard of the data; Orbax writes the checkpoint from every worker, so WORKDIR
+# must be a shared POSIX folder (NFS, Filestore or a gcsfuse mount) seen identically by all
+# workers (metrics and exports are written with plain file I/O).
+set -euo pipefail
+if [ "$#" -lt 2 ]; then
+    echo "usage: bash launch/tpu_pod_train.sh CONFIG WORKDIR [--config.key=value ...]" >&2
+    exit 2
+fi
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+config="$1"; workdir="$2"; shift 2
+cd "$root"
+if [ "${LEANPO_NO_SETUP:-0}" = "1" ]; then
+    VENV_PYTHON="${PYTHON:-python3}"
+else
+    source launch/_venv.sh
+    ensure_venv tpu
+fi
+exec "$VENV_PYTHON" -m leanpo_jax.train --config "$config" --workdir "$workdir" \
+    --config.distributed.auto=True "$@"

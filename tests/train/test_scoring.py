@@ -1,0 +1,85 @@
+"""scoring.avg_logps: the log-probs of a full causal forward, per response, without a gradient."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from leanpo_jax.models.config import get_preset, num_video_tokens
+from leanpo_jax.models.video_llm import build_model
+from leanpo_jax.data.video import normalize_frames
+from leanpo_jax.train import scoring
+
+VOCAB = 300
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = get_preset("tiny")
+    return build_model(config.replace(text=dataclasses.replace(config.text, vocab_size=VOCAB)), seed=3)
+
+
+def _batch(config, rng):
+    n = num_video_tokens(config, 2)
+    prompts = [np.concatenate([[5, 6], np.full(n, config.video_token_index), [7] * k]) for k in (1, 4)]
+    width = max(len(p) for p in prompts) + 1
+    ids = np.zeros((2, width), np.int32)
+    for i, p in enumerate(prompts):
+        ids[i, : len(p)] = p
+    lengths = np.asarray([len(p) for p in prompts], np.int32)
+    chosen = rng.integers(10, VOCAB, (2, 5)).astype(np.int32)
+    rejected = rng.integers(10, VOCAB, (2, 5)).astype(np.int32)
+    s = config.vision.image_size
+    return {
+        "frames": rng.integers(0, 256, (2, 2, s, s, 3)).astype(np.uint8),
+        "prompt_ids": ids, "prompt_mask": (np.arange(width)[None] < lengths[:, None]).astype(np.int32),
+        "prompt_lengths": lengths, "chosen_ids": chosen, "chosen_mask": np.asarray([[1] * 5, [1, 1, 0, 0, 0]], np.int32),
+        "rejected_ids": rejected, "rejected_mask": np.asarray([[1, 1, 1, 0, 0], [1] * 5], np.int32),
+    }
+
+
+def test_avg_logps_equals_a_full_forward_per_response(model):
+    config = model.config
+    batch = _batch(config, np.random.default_rng(0))
+    got = jax.device_get(scoring.jitted_avg_logps()(model, batch))
+    frames = normalize_frames(batch["frames"], config.vision.image_mean, config.vision.image_std)
+    video = model.encode_video(frames)
+    for name in ("chosen", "rejected"):
+        for b in range(2):
+            length = int(batch["prompt_lengths"][b])
+            count = int(batch[f"{name}_mask"][b].sum())
+            response = batch[f"{name}_ids"][b, :count]
+            seq = np.concatenate([batch["prompt_ids"][b, :length], response])[None]
+            hidden = model(jnp.asarray(seq), video[b: b + 1])
+            logits = np.asarray(hidden[0] @ model.lm_head_kernel(), np.float64)
+            logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+                - logits.max(-1, keepdims=True)
+            want = sum(logp[length - 1 + j, response[j]] for j in range(count))
+            np.testing.assert_allclose(got[name][b], want, rtol=2e-5)
+            np.testing.assert_allclose(got[f"{name}_avg"][b], want / count, rtol=2e-5)
+            assert got[f"{name}_tokens"][b] == count
+
+
+def test_avg_logps_carries_no_gradient(model):
+    from flax import nnx
+
+    batch = _batch(model.config, np.random.default_rng(1))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def f(p):
+        return scoring.avg_logps(nnx.merge(graphdef, p, rest), batch)["chosen"].sum()
+
+    grads = jax.grad(f)(params)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(grads))
+
+
+def test_score_pairs_fills_records_by_index_and_leaves_skipped_ones_nan(model):
+    batch = _batch(model.config, np.random.default_rng(2))
+    first = dict(batch, record_index=np.asarray([3, 0], np.int32))
+    second = dict(batch, record_index=np.asarray([1, -1], np.int32))  # -1: a padding row
+    table = scoring.score_pairs(model, [first, second], num_records=5)
+    direct = jax.device_get(scoring.jitted_avg_logps()(model, batch))
+    np.testing.assert_allclose(table["chosen"][[3, 0, 1]], [direct["chosen"][0], direct["chosen"][1], direct["chosen"][0]], rtol=1e-6)
+    assert np.isnan(table["chosen"][[2, 4]]).all()
