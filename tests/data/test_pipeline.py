@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from leanpo_jax.data.config import data_config
+
 from leanpo_jax.data import check, pipeline, records, synthetic
 
 from conftest import REPO_ROOT
@@ -135,12 +137,19 @@ def eval_batches(data):
         return pipe, collect(pipe)
 
 
-def test_defaults_equal_the_tiny_config_data_block():
+def test_checker_defaults_are_the_data_block_the_configs_start_from():
+    """The checker's defaults are leanpo_jax.data.config's block; the tiny config keeps its
+    model, frames and tokenizer and only shortens lengths / adds training-only keys."""
     import importlib.util
     spec = importlib.util.spec_from_file_location("tiny", os.path.join(REPO_ROOT, "configs", "tiny.py"))
     tiny = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tiny)
-    assert tiny.get_config().data.to_dict() == check.default_data_config().to_dict()
+    defaults = check.default_data_config().to_dict()
+    assert defaults == data_config().to_dict()
+    block = tiny.get_config().data.to_dict()
+    assert set(defaults) <= set(block)
+    for key in ("model_preset", "num_frames", "tokenizer", "batch_size", "padding_side", "kind"):
+        assert block[key] == defaults[key], key
 
 
 def test_config_errors_name_the_key():
