@@ -50,5 +50,6 @@ setup(
     entry_points={"console_scripts": [
         "leanpo-check-data=leanpo_jax.data.check:main",
         "leanpo-train=leanpo_jax.train.__main__:main",
+        "leanpo-generate=leanpo_jax.generate.__main__:main",
     ]},
 )

@@ -12,6 +12,7 @@ leanpo_jax/train/sharding.py (mesh, distributed).
 
 import ml_collections
 
+from leanpo_jax.generate.config import generate_config
 from leanpo_jax.train.config import training_config
 
 
@@ -34,4 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.logging.log_every = 1
     config.checkpoint.every = 10
     config.checkpoint.max_to_keep = 2
+    # Self-generated pairs (python -m leanpo_jax.generate): works as is on CPU with the seeded
+    # random model (model.init_from unset); the reward filter stays off.
+    config.generate = generate_config()
+    config.generate.batch_size = 4
+    config.generate.max_new_tokens = 24
+    config.generate.max_prompt_text_tokens = 160
+    # A random-init model decodes greedily into one repeated token (often whitespace): sample.
+    config.generate.winner.temperature = 1.0
+    config.generate.loser.temperature = 1.0
     return config

@@ -36,6 +36,8 @@ class SamplingConfig:
     stop_ids: tuple = (151645,)  # <|im_end|>; a row stops after emitting one
     vocab_limit: int = 0  # ids >= vocab_limit are never sampled; 0 = no limit
     pad_id: int = 0  # written after a row stopped
+    banned_ids: tuple = ()  # never sampled (e.g. chat-control and placeholder tokens)
+    min_new_tokens: int = 0  # stop ids cannot be sampled before this many tokens
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.num_samples < 1 or self.temperature < 0 or self.top_k < 0:
@@ -53,12 +55,14 @@ class SampleOutput(NamedTuple):
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
-    """[N, V] logits -> [N] ids: vocab_limit mask, then argmax (temperature 0) or a draw from
+    """[N, V] logits -> [N] ids: vocab_limit and banned_ids masks, then argmax (temperature 0) or a draw from
     softmax(logits / T) restricted to the top_k ids and to the smallest set of mass >= top_p."""
     logits = logits.astype(jnp.float32)
     neg = jnp.finfo(jnp.float32).min
     if cfg.vocab_limit:
         logits = jnp.where(jnp.arange(logits.shape[-1]) < cfg.vocab_limit, logits, neg)
+    if cfg.banned_ids:
+        logits = logits.at[..., jnp.asarray(cfg.banned_ids, jnp.int32)].set(neg)
     if cfg.temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / cfg.temperature
@@ -110,7 +114,11 @@ def _decode(graphdef, state, prompt_ids, prompt_mask, video_embeds, seed, *, cfg
     def body(carry):
         t, cache, logits, done, tokens, logps = carry
         keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, t), r))(row_ids)
-        ids = jax.vmap(lambda l, key: sample_logits(l[None], key, cfg)[0])(logits, keys)
+        allowed = logits
+        if cfg.min_new_tokens and cfg.stop_ids:
+            early = t < cfg.min_new_tokens
+            allowed = logits.at[:, stops].set(jnp.where(early, jnp.finfo(jnp.float32).min, logits[:, stops]))
+        ids = jax.vmap(lambda l, key: sample_logits(l[None], key, cfg)[0])(allowed, keys)
         logp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), ids[:, None], axis=1)[:, 0]
         ids = jnp.where(done, cfg.pad_id, ids)
         logp = jnp.where(done, 0.0, logp)

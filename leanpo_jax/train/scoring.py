@@ -21,13 +21,15 @@ from leanpo_jax.train import step as step_lib
 
 
 def _names(batch) -> Tuple[str, ...]:
-    if "rejected_ids" in batch:
-        return ("chosen", "rejected")
-    return ("answer",) if "answer_ids" in batch else ("chosen",)
+    """The responses present, in the order chosen, rejected, answer (at least one)."""
+    names = tuple(n for n in ("chosen", "rejected", "answer") if f"{n}_ids" in batch)
+    if not names:
+        raise ValueError("the batch holds no chosen_ids / rejected_ids / answer_ids")
+    return names
 
 
 def avg_logps(model, batch: Dict, *, layout: str = "shared", chunk_size: int = 128) -> Dict[str, jax.Array]:
-    """-> for each response name in the batch (chosen/rejected, or answer): `name` = Σ_j log π(y_j)
+    """-> for each response in the batch (chosen, rejected, answer: those present): `name` = Σ_j log π(y_j)
     [B], `name_avg` = that sum / |y| [B], `name_tokens` = |y| [B]. Frames may be uint8 (they
     are normalised with the model's mean/std here). No gradient flows."""
     batch = dict(batch)

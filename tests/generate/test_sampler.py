@@ -110,3 +110,17 @@ def test_sampling_frequencies_on_a_toy_distribution():
     assert limited[3:].sum() == 0
     np.testing.assert_allclose(limited, np.asarray([0.4, 0.25, 0.15, 0, 0]) / 0.8, atol=tol)
     assert int(sample_logits(logits, keys[0], SamplingConfig(temperature=0.0))[0]) == 0
+
+
+def test_banned_ids_and_min_new_tokens(setup):
+    model, ids, mask, frames, _, single = setup
+    first = int(single.tokens[0, 0, 0])
+    banned = Sampler(model, SamplingConfig(max_new_tokens=STEPS, stop_ids=(), vocab_limit=LIMIT, banned_ids=(first,)))
+    assert first not in banned.generate(ids, mask, frames=frames).tokens[0, 0]
+    # The greedy first token as a stop id: without min_new_tokens row 0 stops at once.
+    eager = Sampler(model, SamplingConfig(max_new_tokens=STEPS, stop_ids=(first,), vocab_limit=LIMIT))
+    assert eager.generate(ids, mask, frames=frames).lengths[0, 0] == 0
+    patient = Sampler(model, SamplingConfig(max_new_tokens=STEPS, stop_ids=(first,), vocab_limit=LIMIT,
+                                            min_new_tokens=1))
+    out = patient.generate(ids, mask, frames=frames)
+    assert out.lengths[0, 0] >= 1 and out.tokens[0, 0, 0] != first

@@ -1,0 +1,58 @@
+"""`python -m leanpo_jax.generate --config CONFIG --input TRIPLETS.jsonl --video-root DIR --output PAIRS.jsonl`.
+
+Console script `leanpo-generate`. Uses the config's `model` (init_from: the SFT model's HF
+folder; unset: seeded random init of the preset), `data` (frames, tokenizer, lengths used to
+score the pairs as training sees them) and `generate` blocks. Resumable: rerun the same command
+after a crash; rows already in PAIRS.jsonl are kept and their ids skipped.
+Exit codes: 0 done (also when nothing was left to do), 1 an error.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with model, data and generate blocks.",
+                                          lock_config=True)
+flags.DEFINE_string("input", None, "Triplets JSONL {id, video, prompt, answer}.")
+flags.DEFINE_string("video-root", "", "Folder the records' video paths are relative to (default: the input's folder).")
+flags.DEFINE_string("output", None, "Pairs JSONL to write (appended; resumable).")
+flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def _main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    from absl import logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+    from leanpo_jax.generate import report as report_lib
+    from leanpo_jax.generate.self_generate import SelfGenerator
+
+    config = _CONFIG.value
+    if "generate" not in config:
+        print("leanpo-generate: error: the config has no `generate` block (see configs/tiny.py)", file=sys.stderr)
+        sys.exit(1)
+    try:
+        generator = SelfGenerator(config)
+        report = generator.run(flags.FLAGS.input, flags.FLAGS.output, video_root=flags.FLAGS["video-root"].value,
+                               progress=flags.FLAGS.progress)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"leanpo-generate: error: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    print(report_lib.format_report(report), flush=True)
+    print(f"leanpo-generate: {report['written_this_run']} new rows ({report['pairs']} in {flags.FLAGS.output}), "
+          f"{report['failed']} failed, {report['seconds']} s", flush=True)
+
+
+def main() -> None:
+    """Console-script entry point (`leanpo-generate`)."""
+    flags.mark_flags_as_required(["config", "input", "output"])
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

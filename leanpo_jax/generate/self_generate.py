@@ -1,0 +1,337 @@
+"""Self-generated preference pairs (shared/method.md §3) with the frozen SFT model.
+
+Per triplet (video V, question q, GT answer a):
+    r1  = model(V, prior_template(a, q))                      turn 1: the GT as hints
+    y_w = model(V, reflection_template(r1, a, q))             turn 2: self-reflection -> winner
+    y_l = model(A(V) (2 frames), q)                           augmented video, plain question -> loser
+then avg log π(y_w), avg log π(y_l) (and of a) under the same model, computed with
+`train.scoring` on the pair re-tokenised exactly as the training pipeline will tokenise it.
+
+Output rows (JSONL, appended and flushed per record; ids already present are skipped on a
+rerun): id, video, prompt, chosen, rejected, first_turn, chosen_avg_logp, rejected_avg_logp,
+answer_avg_logp, identical (chosen == rejected), augment (the A(V) parameters). Records that
+fail (bad JSON, unreadable video, prompt too long, generation error) are reported with their
+reason in PAIRS.failed.jsonl and on stderr (an empty / whitespace-only winner or loser too:
+the training reader would skip it); the run continues. PAIRS.report.json + a printed
+table summarise the reward check (generate/report.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections import Counter
+from typing import Dict, List, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from leanpo_jax.data import augment as augment_lib
+from leanpo_jax.data import records as records_lib
+from leanpo_jax.data import video as video_lib
+from leanpo_jax.data.batching import PAD_ID
+from leanpo_jax.data.tokenize import ChatTokenizer
+from leanpo_jax.generate import config as gen_config
+from leanpo_jax.generate import report as report_lib
+from leanpo_jax.generate.output import AppendOnlyJsonl
+from leanpo_jax.generate.sampler import Sampler, SamplingConfig
+from leanpo_jax.models.config import num_video_tokens
+from leanpo_jax.train import scoring
+
+
+class RecordFailed(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def load_generation_model(config: ml_collections.ConfigDict):
+    """The frozen model: config.model.init_from (an HF folder, e.g. the SFT export) or the
+    seeded random init of config.model.preset, on the default device."""
+    from flax import nnx
+
+    from leanpo_jax.models import hf_io
+    from leanpo_jax.models.video_llm import VideoLLM
+    from leanpo_jax.train.trainer import model_config
+
+    platform = jax.devices()[0].platform
+    wanted = model_config(config, platform)
+    if config.model.init_from:
+        model = hf_io.load_hf(config.model.init_from)
+        model.config = model.config.replace(dtype=wanted.dtype, attention_impl=wanted.attention_impl)
+        return model
+    return VideoLLM(wanted, rngs=nnx.Rngs(int(config.seed)))
+
+
+def _pad_rows(rows: List[np.ndarray], width: int) -> tuple:
+    ids = np.full((len(rows), width), PAD_ID, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
+    return ids, mask
+
+
+class SelfGenerator:
+    """Generates pairs for triplet files with one frozen model (see the module docstring)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, model=None, tokenizer: Optional[ChatTokenizer] = None):
+        self.config, self.g = config, config.generate
+        gen_config.check_generate_config(self.g)
+        self.model = model if model is not None else load_generation_model(config)
+        mc = self.model.config
+        if mc.vision is None:
+            raise ValueError("self-generation needs a video model; config.model.preset has no vision tower")
+        self.tok = tokenizer or ChatTokenizer.from_config(mc, config.data.tokenizer or None)
+        data = config.data
+        self.frames = int(self.g.num_frames) if int(self.g.num_frames) != -1 else int(data.num_frames)
+        self.score_frames = int(data.num_frames)
+        self.keep = int(self.g.augment.keep_frames)
+        self.n_video, self.n_loser = num_video_tokens(mc, self.frames), num_video_tokens(mc, self.keep)
+        self.image_size = mc.vision.image_size
+        entries = self.tok.tokenizer.get_vocab_size(with_added_tokens=True)
+        preset = config.model.preset
+        # A chat answer never contains control / placeholder tokens: only <|im_end|> may end it,
+        # and not before one real token (an empty response is not a usable pair side).
+        banned = sorted(i for i, t in self.tok.tokenizer.get_added_tokens_decoder().items()
+                        if t.special and i != self.tok.im_end_id and i < mc.text.vocab_size)
+
+        def sampler(side):
+            d = gen_config.resolved_decoding(self.g, side, preset)
+            return Sampler(self.model, SamplingConfig(
+                max_new_tokens=int(self.g.max_new_tokens), temperature=d["temperature"], top_p=d["top_p"],
+                top_k=d["top_k"], num_samples=1, stop_ids=(self.tok.im_end_id,), vocab_limit=entries,
+                pad_id=PAD_ID, banned_ids=tuple(banned), min_new_tokens=1))
+
+        self.winner_sampler, self.loser_sampler = sampler("winner"), sampler("loser")
+        self.decoding = {s: gen_config.resolved_decoding(self.g, s, preset) for s in ("winner", "loser")}
+        from flax import nnx
+
+        self._encode = nnx.jit(lambda m, f: m.encode_video(f))
+        self.tokens_generated = 0
+
+    # ------------------------------------------------------------------------ pieces
+    def _normalise(self, frames: np.ndarray) -> jax.Array:
+        v = self.model.config.vision
+        return video_lib.normalize_frames(jnp.asarray(frames), v.image_mean, v.image_std)
+
+    def _prompt(self, text: str, n_video: int) -> np.ndarray:
+        try:
+            ids = self.tok.prompt_ids(text, n_video)
+        except ValueError as e:
+            raise RecordFailed(records_lib.PLACEHOLDER_IN_TEXT, str(e)) from None
+        if ids.shape[0] - n_video > int(self.g.max_prompt_text_tokens):
+            raise RecordFailed(records_lib.PROMPT_TOO_LONG,
+                               f"generation prompt has {ids.shape[0] - n_video} text tokens > "
+                               f"generate.max_prompt_text_tokens={self.g.max_prompt_text_tokens}")
+        return ids
+
+    def _generate(self, sampler: Sampler, prompts: List[np.ndarray], video_embeds, n_video: int, seed: int):
+        """Right-padded prompts (the batch padded to batch_size rows) -> decoded texts per prompt."""
+        b = int(self.g.batch_size)
+        rows = prompts + [prompts[0]] * (b - len(prompts))
+        ids, mask = _pad_rows(rows, n_video + int(self.g.max_prompt_text_tokens))
+        out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seed)
+        texts = []
+        for i in range(len(prompts)):
+            n = int(out.lengths[i, 0])
+            self.tokens_generated += n + int(out.stopped[i, 0])
+            texts.append(self.tok.tokenizer.decode(out.tokens[i, 0, :n].tolist(), skip_special_tokens=True).strip())
+        return texts
+
+    def _video_batch(self, frames: List[np.ndarray]) -> jax.Array:
+        b = int(self.g.batch_size)
+        stack = np.stack(frames + [frames[0]] * (b - len(frames)))
+        return self._encode(self.model, self._normalise(stack))
+
+    def _score(self, items: List[Dict]) -> List[Dict]:
+        """Average log-probs of chosen, rejected and the GT under the model, as training sees them."""
+        d = self.config.data
+        n = num_video_tokens(self.model.config, self.score_frames)
+        names = ("chosen", "rejected", "answer")
+        encoded = []
+        for it in items:
+            record = records_lib.PairRecord(it["id"], it["video"], it["prompt"], it["chosen"], it["rejected"], it["source"])
+            try:
+                enc = self.tok.encode_pair(record, num_video_tokens=n, max_prompt_text_tokens=int(d.max_prompt_text_tokens),
+                                           max_response_tokens=int(d.max_response_tokens))
+                enc["answer_ids"] = self.tok.response_ids(it["answer"], int(d.max_response_tokens))[0]
+            except (records_lib.RecordError, ValueError) as e:
+                enc = RecordFailed(getattr(getattr(e, "bad", None), "reason", "unencodable"), str(e))
+            encoded.append(enc)
+        ok = [i for i, e in enumerate(encoded) if not isinstance(e, RecordFailed)]
+        scores = {}
+        if ok:
+            b, r = int(self.g.batch_size), int(d.max_response_tokens)
+            rows = ok + [ok[0]] * (b - len(ok))
+            batch = {}
+            batch["prompt_ids"], batch["prompt_mask"] = _pad_rows([encoded[i]["prompt_ids"] for i in rows],
+                                                                  n + int(d.max_prompt_text_tokens))
+            batch["prompt_lengths"] = batch["prompt_mask"].sum(1).astype(np.int32)
+            for name in names:
+                batch[f"{name}_ids"], batch[f"{name}_mask"] = _pad_rows([encoded[i][f"{name}_ids"] for i in rows], r)
+            batch["frames"] = np.stack([items[i]["score_frames"] for i in rows])
+            out = jax.device_get(scoring.jitted_avg_logps()(self.model, batch))
+            for j, i in enumerate(ok):
+                scores[i] = {f"{name}_avg_logp": float(out[f"{name}_avg"][j]) for name in names}
+        return [scores.get(i, encoded[i]) for i in range(len(items))]
+
+    def _process(self, batch: List[Dict]) -> List[object]:
+        """Generation for up to batch_size readable records -> a row dict or RecordFailed each."""
+        seed = augment_lib.record_seed(int(self.g.seed), batch[0]["id"])
+        results: List[object] = [None] * len(batch)
+        turn1 = {}
+        for i, it in enumerate(batch):
+            try:
+                turn1[i] = self._prompt(self.g.prior_template.format(answer=it["answer"], question=it["prompt"]),
+                                        self.n_video)
+            except RecordFailed as e:
+                results[i] = e
+        live = sorted(turn1)
+        if not live:
+            return results
+        videos = self._video_batch([batch[i]["frames"] for i in live])
+        r1 = dict(zip(live, self._generate(self.winner_sampler, [turn1[i] for i in live], videos, self.n_video, seed)))
+        turn2 = {}
+        for i in live:
+            it = batch[i]
+            try:
+                turn2[i] = self._prompt(self.g.reflection_template.format(
+                    first_turn=r1[i], answer=it["answer"], question=it["prompt"]), self.n_video)
+            except RecordFailed as e:
+                results[i] = e
+        live = sorted(turn2)
+        if not live:
+            return results
+        videos = self._video_batch([batch[i]["frames"] for i in live])
+        winners = dict(zip(live, self._generate(self.winner_sampler, [turn2[i] for i in live], videos,
+                                                self.n_video, seed + 1)))
+        augmented, params = {}, {}
+        for i in live:
+            it = batch[i]
+            augmented[i], params[i] = augment_lib.augment_video(
+                it["frames"], self.g.augment, seed=augment_lib.record_seed(int(self.g.augment.seed), it["id"]))
+        plain = {}
+        for i in live:
+            try:
+                plain[i] = self._prompt(batch[i]["prompt"], self.n_loser)
+            except RecordFailed as e:
+                results[i] = e
+        live = sorted(plain)
+        if not live:
+            return results
+        loser_videos = self._video_batch([augmented[i] for i in live])
+        losers = dict(zip(live, self._generate(self.loser_sampler, [plain[i] for i in live], loser_videos,
+                                               self.n_loser, seed + 2)))
+        for i in list(live):
+            empty = [side for side, text in (("chosen", winners[i]), ("rejected", losers[i])) if not text]
+            if empty:  # the training reader would skip it: report it here instead
+                results[i] = RecordFailed("empty_generation", f"the generated {' and '.join(empty)} "
+                                          "is empty or whitespace only")
+                live.remove(i)
+        if not live:
+            return results
+        items = [dict(batch[i], first_turn=r1[i], chosen=winners[i], rejected=losers[i]) for i in live]
+        for i, it, score in zip(live, items, self._score(items)):
+            if isinstance(score, RecordFailed):
+                results[i] = score
+                continue
+            if not self.g.score_answer:
+                score.pop("answer_avg_logp")
+            results[i] = {"id": it["id"], "video": it["video"], "prompt": it["prompt"], "chosen": it["chosen"],
+                          "rejected": it["rejected"], "first_turn": it["first_turn"], **score,
+                          "identical": it["chosen"] == it["rejected"], "augment": params[i].to_json()}
+        return results
+
+    # ------------------------------------------------------------------------ the run
+    def run(self, input_path: str, output_path: str, *, video_root: str = "", progress: bool = True) -> Dict:
+        """Generates a row for every triplet of `input_path` not yet in `output_path`; returns
+        the report (also written to OUTPUT.report.json unless nothing new was written)."""
+        video_root = video_root or os.path.dirname(os.path.abspath(input_path))
+        source = records_lib.RecordSource(os.path.abspath(input_path), "triplets")
+        out = AppendOnlyJsonl(output_path)
+        stem = output_path[:-6] if output_path.endswith(".jsonl") else output_path
+        failed_path = stem + ".failed.jsonl"
+        failures: Counter = Counter()
+        written, started = 0, time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(source), initial=0, desc="generate", unit="rec", dynamic_ncols=True)
+        with open(failed_path, "w", encoding="utf-8") as failed_file:
+            def fail(source_at, record_id, reason, detail):
+                failures[reason] += 1
+                entry = {"source": source_at, "id": record_id, "reason": reason, "detail": detail}
+                failed_file.write(json.dumps(entry) + "\n")
+                failed_file.flush()
+                print(f"leanpo-generate: skipped {source_at} id={record_id!r}: {reason}: {detail}",
+                      file=sys.stderr, flush=True)
+
+            pending: List[Dict] = []
+
+            def flush_pending():
+                nonlocal written
+                if not pending:
+                    return
+                try:
+                    results = self._process(pending)
+                except Exception as e:  # noqa: BLE001  a generation error fails the batch, not the run
+                    results = [RecordFailed("generation_error", f"{type(e).__name__}: {e}")] * len(pending)
+                for it, res in zip(pending, results):
+                    if isinstance(res, RecordFailed):
+                        fail(it["source"], it["id"], res.reason, res.detail)
+                    else:
+                        out.append(res)
+                        written += 1
+                if bar is not None:
+                    bar.update(len(pending))
+                    elapsed = max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(rec_s=f"{written / elapsed:.2f}", tok_s=f"{self.tokens_generated / elapsed:.1f}",
+                                    refresh=False)
+                pending.clear()
+
+            for j in range(len(source)):
+                record = source[j]
+                if isinstance(record, records_lib.BadRecord):
+                    fail(record.source, record.id, record.reason, record.detail)
+                    bar is not None and bar.update(1)
+                    continue
+                if record.id in out.done:
+                    bar is not None and bar.update(1)
+                    continue
+                path = os.path.join(video_root, record.video)
+                try:
+                    frames, _ = video_lib.read_video(path, self.frames, image_size=self.image_size)
+                    score_frames = frames if self.score_frames == self.frames else video_lib.read_video(
+                        path, self.score_frames, image_size=self.image_size)[0]
+                except video_lib.VideoError as e:
+                    fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
+                    bar is not None and bar.update(1)
+                    continue
+                pending.append({"id": record.id, "video": record.video, "prompt": record.prompt,
+                                "answer": record.answer, "source": record.source, "frames": frames,
+                                "score_frames": score_frames})
+                if len(pending) == int(self.g.batch_size):
+                    flush_pending()
+            flush_pending()
+        if bar is not None:
+            bar.close()
+        out.close()
+        report = report_lib.build_report(out.rows, failed=sum(failures.values()), failed_by_reason=failures)
+        report.update({"written_this_run": written, "seconds": round(time.perf_counter() - started, 2),
+                       "tokens_generated": self.tokens_generated, "decoding": self.decoding,
+                       "repaired_bytes": out.repaired_bytes})
+        report_path = stem + ".report.json"
+        if written or not os.path.exists(report_path):
+            with open(report_path, "w", encoding="utf-8") as f:
+                json.dump(report, f, indent=2)
+            if self.g.filter_winner_gt_loser:
+                with open(stem + ".filtered.jsonl", "w", encoding="utf-8") as f:
+                    for row in out.rows:
+                        if row["chosen_avg_logp"] > row["rejected_avg_logp"]:
+                            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return report
