@@ -51,5 +51,6 @@ setup(
         "leanpo-check-data=leanpo_jax.data.check:main",
         "leanpo-train=leanpo_jax.train.__main__:main",
         "leanpo-generate=leanpo_jax.generate.__main__:main",
+        "leanpo-demo=leanpo_jax.demo.__main__:main",
     ]},
 )

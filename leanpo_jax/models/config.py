@@ -138,6 +138,24 @@ PRESETS = {
         newline="one_token",
         num_frames=4,
     ),
+    # The embedded demo (leanpo_jax.demo): 64-px frames, 8 frames, a few-hundred-entry tokenizer
+    # trained on the synthetic corpus (ids 0-4 are its specials: 3 = <video>, 4 = <image>).
+    "demo": VideoLLMConfig(
+        vision=VisionConfig(
+            image_size=64, patch_size=16, hidden_size=64, intermediate_size=128,
+            num_layers=2, num_heads=4,
+        ),
+        text=TextConfig(
+            vocab_size=512, hidden_size=128, intermediate_size=256, num_layers=3,
+            num_heads=4, num_kv_heads=2, rope_theta=10000.0, tie_word_embeddings=True,
+            max_position_embeddings=1024,
+        ),
+        pool_mode="bilinear",
+        newline="one_token",
+        num_frames=8,
+        image_token_index=4,
+        video_token_index=3,
+    ),
     "llava-ov-qwen2-0.5b": VideoLLMConfig(
         vision=_SIGLIP_SO400M,
         text=TextConfig(

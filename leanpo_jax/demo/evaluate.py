@@ -1,0 +1,78 @@
+"""Demo stage 6: a model on the held-out split — greedy exact-match accuracy and GT log-likelihood.
+
+Accuracy: the model answers each held-out question greedily (the KV-cache sampler, plain
+question, original video); an answer counts when it equals the GT sentence after normalising
+case, surrounding spaces and a final period. Log-likelihood: mean summed log π(GT answer)
+(and per token) with `train.scoring` over the held-out triplets as the pipeline reads them.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict
+
+import jax
+import ml_collections
+import numpy as np
+
+from leanpo_jax.data import video as video_lib
+from leanpo_jax.data.pipeline import DataPipeline
+from leanpo_jax.data.records import RecordSource, TripletRecord
+from leanpo_jax.data.tokenize import ChatTokenizer
+from leanpo_jax.generate.sampler import Sampler, SamplingConfig
+from leanpo_jax.generate.self_generate import _pad_rows
+from leanpo_jax.models.config import num_video_tokens
+from leanpo_jax.train import scoring
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
+
+
+def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_tokens: int = 32,
+             batch_size: int = 8) -> Dict:
+    """-> {accuracy, correct, total, gt_logp, gt_logp_avg, examples}."""
+    tok = ChatTokenizer.from_config(model.config, data.tokenizer or None)
+    frames_n = int(data.num_frames)
+    n = num_video_tokens(model.config, frames_n)
+    entries = tok.tokenizer.get_vocab_size(with_added_tokens=True)
+    banned = tuple(sorted(i for i, t in tok.tokenizer.get_added_tokens_decoder().items()
+                          if t.special and i != tok.im_end_id))
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=max_new_tokens, stop_ids=(tok.im_end_id,),
+                                            vocab_limit=entries, banned_ids=banned))
+    source = RecordSource(triplets, "triplets")
+    records = [source[i] for i in range(len(source))]
+    records = [r for r in records if isinstance(r, TripletRecord)]
+    root = data.video_root
+    v = model.config.vision
+    correct, examples = 0, []
+    for start in range(0, len(records), batch_size):
+        chunk = records[start: start + batch_size]
+        rows = chunk + [chunk[0]] * (batch_size - len(chunk))
+        frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, image_size=v.image_size)[0]
+                           for r in rows])
+        ids, mask = _pad_rows([tok.prompt_ids(r.prompt, n) for r in rows], n + int(data.max_prompt_text_tokens))
+        out = sampler.generate(ids, mask, frames=video_lib.normalize_frames(frames, v.image_mean, v.image_std))
+        for i, r in enumerate(chunk):
+            text = tok.tokenizer.decode(out.tokens[i, 0, : out.lengths[i, 0]].tolist(), skip_special_tokens=True)
+            hit = normalise(text) == normalise(r.answer)
+            correct += hit
+            if len(examples) < 6:
+                examples.append({"question": r.prompt, "answer": r.answer, "generated": text.strip(), "correct": bool(hit)})
+    eval_data = ml_collections.ConfigDict(data.to_dict())
+    eval_data.pairs, eval_data.kind, eval_data.num_workers = triplets, "triplets", 0
+    with DataPipeline(eval_data, train=False, skipped_path=None) as pipe:
+        scores = scoring.score_pairs(model, pipe, num_records=len(pipe.source))
+    keep = ~np.isnan(scores["answer"])
+    total = len(records)
+    return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "total": total,
+            "gt_logp": float(np.mean(scores["answer"][keep])), "gt_logp_avg": float(np.mean(scores["answer_avg"][keep])),
+            "examples": examples}
+
+
+def load_model(hf_dir: str):
+    from leanpo_jax.models.hf_io import load_hf
+
+    model = load_hf(hf_dir)
+    model.config = model.config.replace(attention_impl="cudnn" if jax.devices()[0].platform == "gpu" else "xla")
+    return model

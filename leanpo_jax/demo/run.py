@@ -1,0 +1,187 @@
+"""The demo's stages, each through the project's real code paths (see leanpo_jax/demo/__main__.py).
+
+corpus (data.synthetic + tokenizer) -> SFT (train.trainer, loss sft, everything trainable) ->
+self-generated pairs (generate.SelfGenerator with the SFT export) -> DPO / SimPO / LeanPO
+(train.trainer from the same SFT weights, tower + projector frozen, same optimiser, lr, steps,
+seed; probe set scored every k steps) -> held-out evaluation -> report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import time
+from typing import Dict
+
+import ml_collections
+
+from leanpo_jax.demo import corpus as corpus_lib
+from leanpo_jax.demo import evaluate as eval_lib
+from leanpo_jax.demo import report as report_lib
+from leanpo_jax.generate.config import generate_config
+from leanpo_jax.train.config import training_config
+
+METHODS = ("dpo", "simpo", "leanpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    train_videos: int = 96
+    heldout_videos: int = 32
+    probe_pairs: int = 16
+    sft_steps: int = 240
+    sft_batch: int = 8
+    sft_lr: float = 3e-3
+    pref_steps: int = 60
+    pref_batch: int = 8
+    pref_lr: float = 2e-4
+    probe_every: int = 5
+    max_new_tokens: int = 32
+    # Generation temperature for winner and loser; -1 = the model family's default (greedy).
+    gen_temperature: float = -1.0
+    seed: int = 0
+
+
+# Smoke-test sizes: an SFT model of 6 steps decodes one degenerate answer for every prompt,
+# so the fast variant samples (T = 1) to get pairs whose sides differ.
+FAST = Settings(train_videos=12, heldout_videos=4, probe_pairs=4, sft_steps=6, sft_batch=4,
+                pref_steps=4, pref_batch=4, probe_every=2, max_new_tokens=8, gen_temperature=1.0)
+
+
+def base_config(s: Settings, tokenizer: str) -> ml_collections.ConfigDict:
+    c = training_config("demo")
+    c.seed = s.seed
+    c.data.tokenizer = tokenizer
+    c.data.num_frames = 8
+    c.data.max_prompt_text_tokens = 160
+    c.data.response_buckets = (32,)
+    c.data.max_response_tokens = 32
+    c.data.shuffle_seed = s.seed
+    c.model.dtype = "auto"
+    c.optimizer.warmup_ratio = 0.1
+    c.optimizer.schedule = "linear"
+    c.train.chunk_size = 64
+    c.logging.log_every = 1
+    c.logging.progress_bar = False
+    c.checkpoint.every = 10_000  # the final step only
+    c.checkpoint.max_to_keep = 1
+    c.eval.every = 10_000
+    return c
+
+
+def _epochs(records: int, batch: int, steps: int) -> int:
+    return max(1, -(-steps * batch // max(records, 1)))
+
+
+def sft_config(s: Settings, paths: Dict) -> ml_collections.ConfigDict:
+    c = base_config(s, paths["tokenizer"])
+    c.loss.name = "sft"
+    c.data.triplets, c.data.video_root = paths["sft_triplets"], paths["root"]
+    c.data.batch_size = s.sft_batch
+    c.data.num_epochs = _epochs(3 * s.train_videos, s.sft_batch, s.sft_steps)
+    c.total_steps = s.sft_steps
+    c.model.frozen_modules = ()  # the SFT stage trains tower, projector and LLM
+    c.optimizer.learning_rate = s.sft_lr
+    c.probe.every = 10_000
+    return c
+
+
+def preference_config(s: Settings, paths: Dict, method: str, pairs: str, num_pairs: int) -> ml_collections.ConfigDict:
+    c = base_config(s, paths["tokenizer"])
+    c.model.init_from = paths["sft_hf"]
+    c.data.pairs, c.data.video_root = pairs, paths["root"]
+    c.data.batch_size = s.pref_batch
+    c.data.num_epochs = _epochs(num_pairs, s.pref_batch, s.pref_steps)
+    c.total_steps = s.pref_steps
+    c.optimizer.learning_rate = s.pref_lr
+    c.probe.pairs, c.probe.every = paths["probe_pairs"], s.probe_every
+    c.checkpoint.export_hf = True
+    c.loss.name = method
+    if method == "dpo":
+        c.loss.beta, c.loss.sft_weight, c.loss.label_smoothing = 0.1, 0.0, 0.0
+    elif method == "simpo":
+        c.loss.label_smoothing, c.loss.sft_weight = 0.0, 0.0
+    return c
+
+
+def generation_config(s: Settings, paths: Dict) -> ml_collections.ConfigDict:
+    c = base_config(s, paths["tokenizer"])
+    c.model.init_from = paths["sft_hf"]
+    c.generate = generate_config()
+    c.generate.batch_size = 8
+    c.generate.max_new_tokens = s.max_new_tokens
+    c.generate.max_prompt_text_tokens = 160
+    c.generate.winner.temperature = s.gen_temperature
+    c.generate.loser.temperature = s.gen_temperature
+    return c
+
+
+def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
+    """Runs every stage into `workdir` (fresh each time) -> the summary dict."""
+    from leanpo_jax.generate import report as gen_report
+    from leanpo_jax.generate.self_generate import SelfGenerator
+    from leanpo_jax.train.trainer import train
+
+    s = settings
+    workdir = os.path.abspath(workdir)
+    for sub in ("corpus", "tokenizer", "sft", "pairs", *METHODS):
+        shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
+    os.makedirs(workdir, exist_ok=True)
+    times: Dict[str, float] = {}
+
+    def stage(name):
+        times[name] = time.perf_counter()
+        print(f"[demo] {name} ...", flush=True)
+
+    def done(name):
+        times[name] = round(time.perf_counter() - times[name], 1)
+        print(f"[demo] {name}: {times[name]} s", flush=True)
+
+    stage("corpus")
+    paths = corpus_lib.build_corpus(workdir, train=s.train_videos, heldout=s.heldout_videos, seed=s.seed)
+    done("corpus")
+
+    stage("sft")
+    sft = train(sft_config(s, paths), os.path.join(workdir, "sft"))
+    paths["sft_hf"] = sft["hf"]
+    done("sft")
+
+    stage("generation")
+    out = os.path.join(workdir, "pairs", "generated.jsonl")
+    generator = SelfGenerator(generation_config(s, paths))
+    gen = generator.run(paths["train_triplets"], out, video_root=paths["root"], progress=False)
+    rows = [json.loads(line) for line in open(out, encoding="utf-8")]
+    kept = [r for r in rows if not r["identical"]]
+    paths["pairs"] = os.path.join(workdir, "pairs", "train_pairs.jsonl")
+    paths["probe_pairs"] = os.path.join(workdir, "pairs", "probe_pairs.jsonl")
+    with open(paths["pairs"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
+    with open(paths["probe_pairs"], "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept[: s.probe_pairs])
+    print(gen_report.format_report(gen), flush=True)
+    print(f"[demo] dropped {len(rows) - len(kept)} pairs whose chosen equals rejected", flush=True)
+    done("generation")
+    if len(kept) < s.pref_batch:
+        raise RuntimeError(f"only {len(kept)} usable pairs were generated (< batch {s.pref_batch}); "
+                           f"see {out} and its .report.json")
+
+    runs = {}
+    stage("preference")
+    for method in METHODS:
+        t0 = time.perf_counter()
+        runs[method] = train(preference_config(s, paths, method, paths["pairs"], len(kept)), os.path.join(workdir, method))
+        times[f"preference_{method}"] = round(time.perf_counter() - t0, 1)
+    done("preference")
+
+    stage("evaluation")
+    data = base_config(s, paths["tokenizer"]).data
+    data.video_root = paths["root"]
+    evals = {}
+    for name, hf in (("sft", paths["sft_hf"]), *((m, runs[m]["hf"]) for m in METHODS)):
+        evals[name] = eval_lib.evaluate(eval_lib.load_model(hf), data, paths["heldout_triplets"],
+                                        max_new_tokens=s.max_new_tokens)
+    done("evaluation")
+    return report_lib.write_report(workdir, settings=dataclasses.asdict(s), times=times, generation=gen,
+                                   pairs_kept=len(kept), pairs_generated=len(rows), evals=evals)
