@@ -25,7 +25,7 @@ def _main(argv) -> None:
     from leanpo_jax.demo import run
 
     started = time.perf_counter()
-    summary = run.run_demo(flags.FLAGS.workdir, run.FAST if flags.FLAGS.fast else run.Settings())
+    summary = run.run_demo(flags.FLAGS.workdir, run.FAST if flags.FLAGS.fast else run.default_settings())
     print("\n" + summary["table"])
     print("\n".join(summary["verdict"]))
     print(f"[demo] done in {time.perf_counter() - started:.0f} s; report: {flags.FLAGS.workdir}/demo_report.md",

@@ -50,6 +50,18 @@ FAST = Settings(train_videos=12, heldout_videos=4, probe_pairs=4, sft_steps=6, s
                 pref_steps=4, pref_batch=4, probe_every=2, max_new_tokens=8, gen_temperature=1.0)
 
 
+# Where a GPU is present: 4x the data, longer runs (picked by `default_settings`).
+GPU = Settings(train_videos=384, heldout_videos=64, probe_pairs=32, sft_steps=800, sft_batch=16,
+               pref_steps=200, pref_batch=16, probe_every=10)
+
+
+def default_settings() -> Settings:
+    """Settings() on CPU, GPU on an accelerator."""
+    import jax
+
+    return GPU if jax.devices()[0].platform == "gpu" else Settings()
+
+
 def base_config(s: Settings, tokenizer: str) -> ml_collections.ConfigDict:
     c = training_config("demo")
     c.seed = s.seed
