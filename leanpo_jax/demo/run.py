@@ -31,12 +31,12 @@ class Settings:
     train_videos: int = 96
     heldout_videos: int = 32
     probe_pairs: int = 16
-    sft_steps: int = 240
+    sft_steps: int = 500
     sft_batch: int = 8
     sft_lr: float = 3e-3
     pref_steps: int = 60
     pref_batch: int = 8
-    pref_lr: float = 2e-4
+    pref_lr: float = 1e-4
     probe_every: int = 5
     max_new_tokens: int = 32
     # Generation temperature for winner and loser; -1 = the model family's default (greedy).
