@@ -36,6 +36,11 @@ from leanpo_jax.train import step as step_lib
 EXIT_SKIPS, EXIT_SIGTERM = 3, 143
 
 
+def _new_window() -> Dict:
+    """Accumulators of the steps since the last logged row."""
+    return {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None, "last": None}
+
+
 class TrainingStopped(RuntimeError):
     """Training ended early on purpose (non-finite updates, SIGTERM); `exit_code` says which."""
 
@@ -148,8 +153,8 @@ class Trainer:
     def _to_device(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
         return sharding.global_batch(inputs.adapt_batch(host), self.mesh)
 
-    def _score(self, make_pipeline, model) -> Dict[str, np.ndarray]:
-        pipe = make_pipeline()
+    def _score(self, pipe, model) -> Dict[str, np.ndarray]:
+        """Scores every record of an eval-mode pipeline (closed afterwards), on the mesh."""
         with pipe, jax.set_mesh(self.mesh):
             return scoring.score_pairs(model, pipe, num_records=len(pipe.source),
                                        layout=self.config.train.layout,
@@ -174,17 +179,10 @@ class Trainer:
             key = reference.cache_key(data.pairs, keys, weights)
             path = os.path.join(self.workdir, f"skipped_records.reference_{tag}.jsonl")
             refs[tag] = reference.reference_logps(
-                lambda batches: self._score_batches(batches, model),
+                lambda pipe: self._score(pipe, model),
                 lambda d=data, p=path: DataPipeline(d, train=False, skipped_path=p),
                 key=key, cache_dir=os.path.join(self.workdir, "reference"), write=self.is_main)
         return refs
-
-    def _score_batches(self, pipe, model):
-        with pipe, jax.set_mesh(self.mesh):
-            return scoring.score_pairs(model, pipe, num_records=len(pipe.source),
-                                       layout=self.config.train.layout,
-                                       chunk_size=int(self.config.train.chunk_size),
-                                       to_device=self._to_device)
 
     def _initial_state(self, trainable, frozen_params, opt_cfg):
         """TrainState at step 0 built by one jit with the state's out_shardings: every array
@@ -208,7 +206,7 @@ class Trainer:
     def _probe(self, state, step: int) -> Optional[Dict]:
         if self.probe_pipeline is None:
             return None
-        scores = self._score(self.probe_pipeline, self._model(state))
+        scores = self._score(self.probe_pipeline(), self._model(state))
         beta = float(self.config.loss.beta)
         keep = ~np.isnan(scores["chosen"])
         row = {f"probe/logps/{k}": float(np.mean(scores[k][keep]))
@@ -288,7 +286,7 @@ class Trainer:
         self.eval_pipeline = self._side_pipeline("eval", "eval")
         step_cfg = _step_cfg(config)
         def evaluate(params, batch):
-            batch = step_lib.normalize_batch(batch, self.model_def)
+            batch = step_lib.normalize_batch(batch, self.model_def.config)
             loss, metrics = step_lib.loss_fn(params["trainable"], params["frozen"], batch,
                                              model_def=self.model_def, cfg=step_cfg)
             pairs = batch["pair_weight"].astype(jnp.float32).sum()
@@ -308,7 +306,8 @@ class Trainer:
         peak = float(config.train.peak_tflops) or flops_lib.device_peak_tflops(jax.devices()[0].device_kind)
         if start == 0:
             self._probe(state, 0)
-        window = {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None}
+        procs = jax.process_count()  # throughput: this host's rows stand for every host's
+        window = _new_window()
         last_row, step, skipped_in_row = None, start, 0
         tick = time.perf_counter()
         with ckpt_lib.SigtermFlag() as sigterm:
@@ -325,13 +324,13 @@ class Trainer:
                 metrics = jax.device_get(metrics)
                 step += 1
                 now = time.perf_counter()
-                shapes = {k: v.shape for k, v in host.items()}
+                shapes = {k: v.shape for k, v in inputs.adapt_batch(host).items()}
                 window["flops"] += flops_lib.batch_step_flops(
-                    self.model_flops_config, {**shapes, "chosen_ids": shapes["chosen_ids"] if "chosen_ids" in shapes else shapes["answer_ids"]},
+                    self.model_flops_config, shapes,
                     layout=config.train.layout, train_vision=self.model_def.trains_vision,
-                    responses_per_pair=1 if config.loss.name == "sft" else 2) * jax.process_count()
-                window["tokens"] += inputs.batch_tokens(inputs.adapt_batch(host)) * jax.process_count()
-                window["pairs"] += int((host["pair_weight"] > 0).sum()) * jax.process_count()
+                    responses_per_pair=1 if config.loss.name == "sft" else 2) * procs
+                window["tokens"] += inputs.batch_tokens(inputs.adapt_batch(host)) * procs
+                window["pairs"] += int((host["pair_weight"] > 0).sum()) * procs
                 window["steps"] += 1
                 window["time"] += now - tick
                 tick = now
@@ -341,7 +340,7 @@ class Trainer:
                 stop = skipped_in_row >= int(config.train.max_consecutive_skips)
                 if step % int(config.logging.log_every) == 0 or step == self.num_steps or stop:
                     last_row = self._log_window(step, window, peak)
-                    window = {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None}
+                    window = _new_window()
                 if bar is not None:
                     shown = last_row or {}
                     bar.update(1)
