@@ -32,15 +32,7 @@ def avg_logps(model, batch: Dict, *, layout: str = "shared", chunk_size: int = 1
     """-> for each response in the batch (chosen, rejected, answer: those present): `name` = Σ_j log π(y_j)
     [B], `name_avg` = that sum / |y| [B], `name_tokens` = |y| [B]. Frames may be uint8 (they
     are normalised with the model's mean/std here). No gradient flows."""
-    batch = dict(batch)
-    config = model.config
-    if config.vision is None:
-        batch.pop("frames", None)
-    elif "frames" in batch and jnp.issubdtype(jnp.asarray(batch["frames"]).dtype, jnp.integer):
-        from leanpo_jax.data.video import normalize_frames  # PyAV is not needed for this
-
-        batch["frames"] = normalize_frames(batch["frames"], config.vision.image_mean,
-                                           config.vision.image_std)
+    batch = step_lib.normalize_batch(batch, model.config)
     names = _names(batch)
     out = step_lib.pair_logps(model, jax.lax.stop_gradient(batch), layout=layout,
                               chunk_size=chunk_size, names=names)

@@ -193,13 +193,13 @@ def loss_fn(trainable, frozen, batch, *, model_def: ModelDef, cfg, num_pairs=Non
     return objective(logps, batch, cfg, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
 
 
-def normalize_batch(batch, model_def: ModelDef):
-    """Frames uint8 -> float32 with the model config's mean/std (done on device, in the step)."""
-    config = model_def.config
+def normalize_batch(batch, config):
+    """Frames uint8 -> float32 with the model config's mean/std (done on device, in the step);
+    dropped for text-only models. `config`: the model's VideoLLMConfig."""
     batch = dict(batch)
     if config.vision is None:
         batch.pop("frames", None)
-    elif jnp.issubdtype(batch["frames"].dtype, jnp.integer):
+    elif "frames" in batch and jnp.issubdtype(batch["frames"].dtype, jnp.integer):
         batch["frames"] = normalize_frames(batch["frames"], config.vision.image_mean,
                                            config.vision.image_std)
     return batch
@@ -211,7 +211,7 @@ def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):
     The batch is split into k contiguous micro-batches scanned one at a time; each uses the
     whole batch's N_pairs / N_tokens, so Σ_i loss_i and Σ_i grad_i equal the full-batch values.
     """
-    batch = normalize_batch(batch, model_def)
+    batch = normalize_batch(batch, model_def.config)
     num_pairs, num_tokens = global_counts(batch)
     k = int(cfg_get(cfg, "grad_accum_steps", 1))
     size = batch["pair_weight"].shape[0]

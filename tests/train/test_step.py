@@ -94,7 +94,7 @@ def test_split_freezes_the_vision_side(models):
 @pytest.mark.parametrize("remat", [False, True])
 def test_shared_prefix_equals_naive_layout(models, remat):
     model_def, trainable, frozen = models[remat]
-    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def)
+    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def.config)
     batch = jax.tree.map(jnp.asarray, batch)
     if not remat:  # the forward log-probs do not depend on remat: compare them once
         def logps(layout):
@@ -118,7 +118,7 @@ def test_shared_prefix_costs_at_most_0p6_of_naive_and_encodes_video_once(models,
     # Prompt-heavy: 16 frames (65 video tokens), short responses.
     batch = make_batch(model_def.config, prompts=[(2, 3), (1, 2)], responses=[(3, 2), (2, 3)],
                        frames=16, resp_len=3)
-    batch = jax.tree.map(jnp.asarray, step_lib.normalize_batch(batch, model_def))
+    batch = jax.tree.map(jnp.asarray, step_lib.normalize_batch(batch, model_def.config))
     flops = {}
     for layout in ("shared", "naive"):
         cost = _grad_fn(model_def, layout).lower(trainable, frozen, batch).compile().cost_analysis()
@@ -166,8 +166,8 @@ def test_zero_weight_pairs_count_as_dropped(models):
     full = make_batch(model_def.config, weights=[1, 0, 1], **kwargs)
     dropped = jax.tree.map(lambda x: x[np.asarray([0, 2])], make_batch(model_def.config, **kwargs))
     fn = jax.jit(functools.partial(step_lib.loss_fn, model_def=model_def, cfg={"chunk_size": 4}))
-    got = fn(trainable, frozen, step_lib.normalize_batch(full, model_def))
-    want = fn(trainable, frozen, step_lib.normalize_batch(dropped, model_def))
+    got = fn(trainable, frozen, step_lib.normalize_batch(full, model_def.config))
+    want = fn(trainable, frozen, step_lib.normalize_batch(dropped, model_def.config))
     np.testing.assert_allclose(got[0], want[0], rtol=1e-6)
     for name in want[1]:
         np.testing.assert_allclose(got[1][name], want[1][name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -175,7 +175,7 @@ def test_zero_weight_pairs_count_as_dropped(models):
 
 def test_dpo_without_reference_logps_names_the_missing_keys(models):
     model_def, trainable, frozen = models[False]
-    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def)
+    batch = step_lib.normalize_batch(make_batch(model_def.config, **PAIR_BATCH), model_def.config)
     fn = functools.partial(step_lib.loss_fn, model_def=model_def, cfg={"loss": {"name": "dpo"}})
     with pytest.raises(ValueError, match="ref_chosen_logps.*ref_rejected_logps"):
         jax.eval_shape(fn, trainable, frozen, batch)
