@@ -19,8 +19,8 @@ from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.pipeline import DataPipeline
 from leanpo_jax.data.records import RecordSource, TripletRecord
 from leanpo_jax.data.tokenize import ChatTokenizer
-from leanpo_jax.generate.sampler import Sampler, SamplingConfig
-from leanpo_jax.generate.self_generate import _pad_rows
+from leanpo_jax.generate.sampler import Sampler
+from leanpo_jax.generate.self_generate import chat_sampling_config, pad_rows
 from leanpo_jax.models.config import num_video_tokens
 from leanpo_jax.train import scoring
 
@@ -35,11 +35,8 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
     tok = ChatTokenizer.from_config(model.config, data.tokenizer or None)
     frames_n = int(data.num_frames)
     n = num_video_tokens(model.config, frames_n)
-    entries = tok.tokenizer.get_vocab_size(with_added_tokens=True)
-    banned = tuple(sorted(i for i, t in tok.tokenizer.get_added_tokens_decoder().items()
-                          if t.special and i != tok.im_end_id))
-    sampler = Sampler(model, SamplingConfig(max_new_tokens=max_new_tokens, stop_ids=(tok.im_end_id,),
-                                            vocab_limit=entries, banned_ids=banned))
+    sampler = Sampler(model, chat_sampling_config(tok, model.config.text.vocab_size,
+                                                  max_new_tokens=max_new_tokens, min_new_tokens=0))
     source = RecordSource(triplets, "triplets")
     records = [source[i] for i in range(len(source))]
     records = [r for r in records if isinstance(r, TripletRecord)]
@@ -51,7 +48,7 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
         rows = chunk + [chunk[0]] * (batch_size - len(chunk))
         frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, image_size=v.image_size)[0]
                            for r in rows])
-        ids, mask = _pad_rows([tok.prompt_ids(r.prompt, n) for r in rows], n + int(data.max_prompt_text_tokens))
+        ids, mask = pad_rows([tok.prompt_ids(r.prompt, n) for r in rows], n + int(data.max_prompt_text_tokens))
         out = sampler.generate(ids, mask, frames=video_lib.normalize_frames(frames, v.image_mean, v.image_std))
         for i, r in enumerate(chunk):
             text = tok.tokenizer.decode(out.tokens[i, 0, : out.lengths[i, 0]].tolist(), skip_special_tokens=True)

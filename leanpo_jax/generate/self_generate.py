@@ -67,7 +67,18 @@ def load_generation_model(config: ml_collections.ConfigDict):
     return VideoLLM(wanted, rngs=nnx.Rngs(int(config.seed)))
 
 
-def _pad_rows(rows: List[np.ndarray], width: int) -> tuple:
+def chat_sampling_config(tok: ChatTokenizer, vocab_rows: int, *, max_new_tokens: int,
+                         min_new_tokens: int = 1, **decoding) -> SamplingConfig:
+    """Sampling for a chat answer: only <|im_end|> may end it, no control / placeholder token
+    is ever emitted, ids beyond the tokenizer (embedding padding rows) never are either."""
+    banned = sorted(i for i, t in tok.tokenizer.get_added_tokens_decoder().items()
+                    if t.special and i != tok.im_end_id and i < vocab_rows)
+    return SamplingConfig(max_new_tokens=int(max_new_tokens), num_samples=1, stop_ids=(tok.im_end_id,),
+                          vocab_limit=tok.tokenizer.get_vocab_size(with_added_tokens=True), pad_id=PAD_ID,
+                          banned_ids=tuple(banned), min_new_tokens=min_new_tokens, **decoding)
+
+
+def pad_rows(rows: List[np.ndarray], width: int) -> tuple:
     ids = np.full((len(rows), width), PAD_ID, np.int32)
     mask = np.zeros((len(rows), width), np.int32)
     for i, r in enumerate(rows):
@@ -92,19 +103,13 @@ class SelfGenerator:
         self.keep = int(self.g.augment.keep_frames)
         self.n_video, self.n_loser = num_video_tokens(mc, self.frames), num_video_tokens(mc, self.keep)
         self.image_size = mc.vision.image_size
-        entries = self.tok.tokenizer.get_vocab_size(with_added_tokens=True)
         preset = config.model.preset
-        # A chat answer never contains control / placeholder tokens: only <|im_end|> may end it,
-        # and not before one real token (an empty response is not a usable pair side).
-        banned = sorted(i for i, t in self.tok.tokenizer.get_added_tokens_decoder().items()
-                        if t.special and i != self.tok.im_end_id and i < mc.text.vocab_size)
 
         def sampler(side):
-            d = gen_config.resolved_decoding(self.g, side, preset)
-            return Sampler(self.model, SamplingConfig(
-                max_new_tokens=int(self.g.max_new_tokens), temperature=d["temperature"], top_p=d["top_p"],
-                top_k=d["top_k"], num_samples=1, stop_ids=(self.tok.im_end_id,), vocab_limit=entries,
-                pad_id=PAD_ID, banned_ids=tuple(banned), min_new_tokens=1))
+            # min_new_tokens 1: an empty response is not a usable pair side.
+            return Sampler(self.model, chat_sampling_config(
+                self.tok, mc.text.vocab_size, max_new_tokens=int(self.g.max_new_tokens),
+                **gen_config.resolved_decoding(self.g, side, preset)))
 
         self.winner_sampler, self.loser_sampler = sampler("winner"), sampler("loser")
         self.decoding = {s: gen_config.resolved_decoding(self.g, s, preset) for s in ("winner", "loser")}
@@ -133,7 +138,7 @@ class SelfGenerator:
         """Right-padded prompts (the batch padded to batch_size rows) -> decoded texts per prompt."""
         b = int(self.g.batch_size)
         rows = prompts + [prompts[0]] * (b - len(prompts))
-        ids, mask = _pad_rows(rows, n_video + int(self.g.max_prompt_text_tokens))
+        ids, mask = pad_rows(rows, n_video + int(self.g.max_prompt_text_tokens))
         out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seed)
         texts = []
         for i in range(len(prompts)):
@@ -168,11 +173,11 @@ class SelfGenerator:
             b, r = int(self.g.batch_size), int(d.max_response_tokens)
             rows = ok + [ok[0]] * (b - len(ok))
             batch = {}
-            batch["prompt_ids"], batch["prompt_mask"] = _pad_rows([encoded[i]["prompt_ids"] for i in rows],
+            batch["prompt_ids"], batch["prompt_mask"] = pad_rows([encoded[i]["prompt_ids"] for i in rows],
                                                                   n + int(d.max_prompt_text_tokens))
             batch["prompt_lengths"] = batch["prompt_mask"].sum(1).astype(np.int32)
             for name in names:
-                batch[f"{name}_ids"], batch[f"{name}_mask"] = _pad_rows([encoded[i][f"{name}_ids"] for i in rows], r)
+                batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_rows([encoded[i][f"{name}_ids"] for i in rows], r)
             batch["frames"] = np.stack([items[i]["score_frames"] for i in rows])
             out = jax.device_get(scoring.jitted_avg_logps()(self.model, batch))
             for j, i in enumerate(ok):
