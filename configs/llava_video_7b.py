@@ -14,26 +14,12 @@ leanpo_jax/train/sharding.py.
 
 import ml_collections
 
-from leanpo_jax.train.config import training_config
+from leanpo_jax.train.config import paper_video_config
 
 PRESET = "llava-video-qwen2-7b"
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = training_config(PRESET)
-    config.model.remat = True
-    config.optimizer.learning_rate = 5e-7
-    config.optimizer.schedule = "linear"
-    config.optimizer.warmup_ratio = 0.1
-    config.optimizer.weight_decay = 0.0
-    config.data.num_frames = 16
-    config.data.max_prompt_text_tokens = 256
-    config.data.response_buckets = (128, 256, 512)
-    config.data.max_response_tokens = 512
-    # Per host; the global batch is batch_size x processes (8 on one 8-GPU host, as the paper).
-    config.data.batch_size = 8
-    config.data.num_workers = 2
+    config = paper_video_config(PRESET)
     config.train.chunk_size = 256
-    config.logging.log_every = 10
-    config.checkpoint.every = 200
     return config
