@@ -7,19 +7,7 @@
 # Sets up ./.venv with jax[cuda12] (skip with LEANPO_NO_SETUP=1 to use the current python).
 # Rerunning the same command resumes from the latest checkpoint in WORKDIR.
 set -euo pipefail
-if [ "$#" -lt 2 ]; then
-    echo "usage: bash launch/gpu_train.sh CONFIG WORKDIR [--config.key=value ...]" >&2
-    exit 2
-fi
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-config="$1"; workdir="$2"; shift 2
-cd "$root"
-if [ "${LEANPO_NO_SETUP:-0}" = "1" ]; then
-    VENV_PYTHON="${PYTHON:-python3}"
-else
-    source launch/_venv.sh
-    ensure_venv cuda
-fi
 # JAX preallocates 75% of GPU memory by default; training wants most of it.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
-exec "$VENV_PYTHON" -m leanpo_jax.train --config "$config" --workdir "$workdir" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/_train.sh"
+run_training gpu_train.sh cuda -- "$@"

@@ -8,18 +8,5 @@
 # must be a shared POSIX folder (NFS, Filestore or a gcsfuse mount) seen identically by all
 # workers (metrics and exports are written with plain file I/O).
 set -euo pipefail
-if [ "$#" -lt 2 ]; then
-    echo "usage: bash launch/tpu_pod_train.sh CONFIG WORKDIR [--config.key=value ...]" >&2
-    exit 2
-fi
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-config="$1"; workdir="$2"; shift 2
-cd "$root"
-if [ "${LEANPO_NO_SETUP:-0}" = "1" ]; then
-    VENV_PYTHON="${PYTHON:-python3}"
-else
-    source launch/_venv.sh
-    ensure_venv tpu
-fi
-exec "$VENV_PYTHON" -m leanpo_jax.train --config "$config" --workdir "$workdir" \
-    --config.distributed.auto=True "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/_train.sh"
+run_training tpu_pod_train.sh tpu --config.distributed.auto=True -- "$@"
