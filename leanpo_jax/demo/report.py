@@ -12,6 +12,8 @@ from typing import Dict, List
 from leanpo_jax.train.metrics_log import read_metrics
 
 METHODS = ("dpo", "simpo", "leanpo")
+# demo_summary.json key -> the probe row's metric.
+SUMMARY_COLUMNS = {"logps_chosen": "probe/logps/chosen", "logps_rejected": "probe/logps/rejected"}
 
 
 def _probe(workdir: str, method: str) -> List[Dict]:
@@ -68,8 +70,8 @@ def write_report(workdir: str, *, settings: Dict, times: Dict, generation: Dict,
     from leanpo_jax.generate.report import format_report
 
     probes = {m: _probe(workdir, m) for m in METHODS}
-    summary = {m: {k: [probes[m][0][f"probe/logps/{k.split('_')[1]}"], probes[m][-1][f"probe/logps/{k.split('_')[1]}"]]
-                   for k in ("logps_chosen", "logps_rejected")} for m in METHODS}
+    summary = {m: {key: [probes[m][0][column], probes[m][-1][column]] for key, column in SUMMARY_COLUMNS.items()}
+               for m in METHODS}
     summary["accuracy"] = {name: e["accuracy"] for name, e in evals.items()}
     with open(os.path.join(workdir, "demo_summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)

@@ -23,7 +23,7 @@ from leanpo_jax.demo import report as report_lib
 from leanpo_jax.generate.config import generate_config
 from leanpo_jax.train.config import training_config
 
-METHODS = ("dpo", "simpo", "leanpo")
+METHODS = report_lib.METHODS
 
 
 @dataclasses.dataclass(frozen=True)
