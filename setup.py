@@ -52,5 +52,6 @@ setup(
         "leanpo-train=leanpo_jax.train.__main__:main",
         "leanpo-generate=leanpo_jax.generate.__main__:main",
         "leanpo-demo=leanpo_jax.demo.__main__:main",
+        "leanpo-bench=leanpo_jax.bench.__main__:main",
     ]},
 )

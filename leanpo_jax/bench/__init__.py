@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m leanpo_jax.bench` (console script `leanpo-bench`); see __main__.py."""

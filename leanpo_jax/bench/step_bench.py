@@ -1,0 +1,87 @@
+"""leanpo_jax's real train step (`leanpo_jax.train.step`) on one benchmark shape and layout.
+
+Random weights (seeded), random token ids, uint8 noise frames; the optimiser is the trainer's
+(AdamW + clipping + non-finite skip) and the tower + projector are frozen as in the paper. The
+row's model FLOPs are those of the layout actually run (`train.flops.step_flops`), so the
+shared layout's MFU counts the prompt once. No grain/av/imageio import on this path: it runs
+from a checkout on machines that lack them.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from leanpo_jax.bench.shapes import StepShape
+from leanpo_jax.bench.timing import median_time, peak_bytes, resolve_attention
+from leanpo_jax.train import flops as flops_lib
+
+
+def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
+    """The train step's batch (leanpo_jax.train.step docstring) for `shape`, full masks."""
+    rng = np.random.default_rng(seed)
+    pairs, p, r = shape.pairs, shape.prompt_len(), shape.response
+    high = config.text.vocab_size - 8  # below the placeholder ids of the tiny vocabularies
+    prompt = rng.integers(1, high, (pairs, p), dtype=np.int32)
+    batch = dict(
+        prompt_ids=prompt,
+        prompt_mask=np.ones((pairs, p), np.int32),
+        prompt_lengths=np.full((pairs,), p, np.int32),
+        chosen_ids=rng.integers(1, high, (pairs, r), dtype=np.int32),
+        chosen_mask=np.ones((pairs, r), np.int32),
+        rejected_ids=rng.integers(1, high, (pairs, r), dtype=np.int32),
+        rejected_mask=np.ones((pairs, r), np.int32),
+        pair_weight=np.ones((pairs,), np.float32),
+    )
+    if shape.is_video:
+        from leanpo_jax.models.config import num_video_tokens
+
+        n = num_video_tokens(config, shape.frames)
+        start = min(10, shape.prompt_text)  # like a chat template: a few text tokens first
+        prompt[:, start:start + n] = config.video_token_index
+        s = config.vision.image_size
+        batch["frames"] = rng.integers(0, 256, (pairs, shape.frames, s, s, 3), dtype=np.uint8)
+    return batch
+
+
+def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int, warmup: int) -> dict:
+    """Times `steps` train steps (median) -> a result row (see leanpo_jax.bench.__main__)."""
+    from leanpo_jax.models.video_llm import build_model
+    from leanpo_jax.train.state import init_state
+    from leanpo_jax.train.step import make_train_step
+
+    config = shape.config().replace(dtype=dtype, attention_impl=resolve_attention(attention), remat=shape.remat)
+    row = dict(what="step", name=shape.name, layout=layout, impl="leanpo_jax", remat=shape.remat,
+               pairs=shape.pairs, seq=shape.seq_len(), prompt_len=shape.prompt_len(),
+               response=shape.response, frames=shape.frames, dtype=dtype)
+    batch = jax.device_put(random_batch(shape, config))
+    model = build_model(config, seed=0)
+    opt_cfg = {"learning_rate": 1e-6, "total_steps": 1000, "warmup_ratio": 0.0}
+    model_def, state = init_state(model, opt_cfg, 0)
+    del model
+    row["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params["trainable"])))
+    step = make_train_step(model_def, {"layout": layout}, opt_cfg)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    row["compile_s"] = time.perf_counter() - t
+
+    losses = []
+    holder = [state]
+
+    def one():
+        holder[0], metrics = compiled(holder[0], batch)
+        losses.append(metrics["loss"][0])
+        return metrics
+
+    row["step_s"], row["step_times"] = median_time(one, steps=steps, warmup=warmup)
+    losses = [float(x) for x in jax.device_get(losses)]
+    row["loss_first"], row["loss_last"] = losses[0], losses[-1]
+    row["pairs_per_s"] = shape.pairs / row["step_s"]
+    row["tokens_per_s"] = 2 * shape.pairs * shape.seq_len() / row["step_s"]
+    row["model_flops"] = flops_lib.step_flops(
+        config, pairs=shape.pairs, prompt_len=shape.prompt_len(), response_len=shape.response,
+        num_frames=shape.frames, layout=layout)
+    row["peak_bytes"], row["peak_source"] = peak_bytes(compiled)
+    return row

@@ -1,0 +1,182 @@
+"""The PyTorch peer: what a user would run instead — HF transformers models, TRL-style step.
+
+Same shapes and the same model configurations as our rows (built from `hf_config_dict`, random
+weights): chosen and rejected concatenated along the batch (2·pairs sequences of prompt +
+response, the video duplicated for both, as TRL and the LLaVA-NeXT DPO trainer do), one forward,
+then
+  torch-hf     full logits → float32 log_softmax → gather; LeanPO loss on average log-probs
+               (β 2, γ 0.5, dynamic smoothing α 0.1, SFT 0.5 on the winner)
+  torch-liger  final hidden states → Liger's fused linear SimPO loss (β 2, γ 0.5, static
+               smoothing 0.1, NLL weight 0.5; chunked, no full logits), when liger-kernel imports
+then backward and AdamW. Vision tower + projector frozen; everything else trained. bf16 on GPU,
+fp32 on CPU; gradient checkpointing where our row uses remat. torch is imported lazily.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from leanpo_jax.bench.shapes import StepShape
+from leanpo_jax.train import flops as flops_lib
+
+IMPLS = ("torch-hf", "torch-liger")
+
+
+def liger_available() -> bool:
+    try:
+        import liger_kernel.chunked_loss  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent or broken: the row is left out
+        return False
+    return True
+
+
+def _hf_model(config, device, dtype, hf_dir: str = ""):
+    import torch
+    import transformers
+
+    from leanpo_jax.models.hf_config import hf_config_dict
+
+    d = hf_config_dict(config)
+    d.pop("leanpo_jax", None)
+    d.pop("dtype", None)
+    if config.vision is None:
+        cls = transformers.Qwen2ForCausalLM if config.text.attention_bias else transformers.LlamaForCausalLM
+        hf_config = (transformers.Qwen2Config if config.text.attention_bias else transformers.LlamaConfig)(**d)
+    else:
+        cls, hf_config = (transformers.LlavaOnevisionForConditionalGeneration,
+                          transformers.LlavaOnevisionConfig(**d))
+    if hf_dir:
+        return cls.from_pretrained(hf_dir, dtype=dtype).to(device)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            model = cls(hf_config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def leanpo_loss_torch(sum_logps, counts, pairs: int, *, beta=2.0, gamma=0.5, alpha=0.1, sft_weight=0.5):
+    """Rows [chosen..., rejected...] -> the LeanPO objective (leanpo_jax.losses.leanpo_objective)."""
+    import torch.nn.functional as F
+
+    avg = sum_logps / counts
+    avg_c, avg_r = avg[:pairs], avg[pairs:]
+    z = beta * (avg_c - avg_r)
+    eps = alpha * (avg_c < avg_r).to(z.dtype)  # smoothing only where the policy prefers the loser
+    pair = -(1 - eps) * F.logsigmoid(z - gamma) - eps * F.logsigmoid(-z - gamma)
+    return pair.mean() - sft_weight * sum_logps[:pairs].sum() / counts[:pairs].sum()
+
+
+def peer_supported(shape: StepShape) -> str:
+    """"" when the HF peer can run `shape`, else why not."""
+    config = shape.config()
+    if config.vision is not None and (config.newline != "one_token" or config.pool_mode != "bilinear"):
+        return ("transformers' LlavaOnevision video path has one newline token per video and bilinear "
+                f"pooling; this preset uses newline={config.newline!r}, pool_mode={config.pool_mode!r}")
+    return ""
+
+
+def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: str = "") -> dict:
+    """Times the peer's step on `shape` -> a result row (same keys as step_bench.run_step).
+    `hf_dir`: load these weights (a `models.save_hf` folder) instead of a random init; with
+    warmup 0, the row's loss_first is then the objective at exactly those weights."""
+    import gc
+
+    import numpy as np
+    import torch
+
+    gc.collect()  # a previous job's failed model may still be referenced until collected
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+    from leanpo_jax.bench.step_bench import random_batch
+
+    if impl not in IMPLS:
+        raise ValueError(f"peer impl {impl!r}: expected one of {IMPLS}")
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    dtype = torch.bfloat16 if cuda else torch.float32
+    config = shape.config()
+    row = dict(what="step", name=shape.name, layout="naive", impl=impl, remat=shape.remat,
+               pairs=shape.pairs, seq=shape.seq_len(), prompt_len=shape.prompt_len(),
+               response=shape.response, frames=shape.frames, dtype=str(dtype).replace("torch.", ""),
+               torch=torch.__version__)
+    model = _hf_model(config, device, dtype, hf_dir)
+    model.train()
+    if shape.remat:  # renamed in recent transformers; the old name warns
+        getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
+    for name, p in model.named_parameters():
+        p.requires_grad = not any(k in name for k in ("vision_tower", "multi_modal_projector", "image_newline"))
+    params = [p for p in model.parameters() if p.requires_grad]
+    row["trainable_params"] = int(sum(p.numel() for p in params))
+    opt = torch.optim.AdamW(params, lr=1e-6)
+
+    b = random_batch(shape, config)
+    pairs, p, r = shape.pairs, shape.prompt_len(), shape.response
+    prompt = np.concatenate([b["prompt_ids"], b["prompt_ids"]])
+    responses = np.concatenate([b["chosen_ids"], b["rejected_ids"]])
+    ids = torch.as_tensor(np.concatenate([prompt, responses], 1).astype(np.int64), device=device)
+    mask = torch.zeros(ids.shape, device=device)
+    mask[:, p:] = 1.0
+    kwargs = {}
+    if shape.is_video:
+        v = config.vision
+        frames = torch.as_tensor(b["frames"], device=device).permute(0, 1, 4, 2, 3).to(dtype) / 127.5 - 1.0
+        kwargs["pixel_values_videos"] = torch.cat([frames, frames])  # duplicated, as the peers do
+        assert frames.shape[-1] == v.image_size
+    if impl == "torch-liger":
+        from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss
+
+        fused = LigerFusedLinearSimPOLoss(beta=2.0, gamma=0.5, alpha=0.5, label_smoothing=0.1,
+                                          compute_nll_loss=True)
+        target = ids.masked_fill(mask == 0, -100)
+        body = model.model if hasattr(model, "model") else model
+
+    def step():
+        if impl == "torch-liger":
+            h = body(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
+            out = fused(model.lm_head.weight, h[:, :-1], target[:, 1:])
+            loss = out[0] if isinstance(out, tuple) else out
+        else:
+            logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, :-1]
+            logp = torch.gather(torch.log_softmax(logits.float(), -1), 2, ids[:, 1:, None])[..., 0]
+            m = mask[:, 1:]
+            loss = leanpo_loss_torch((logp * m).sum(-1), m.sum(-1), pairs)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    t = time.perf_counter()
+    first = float(step().detach())
+    sync()
+    row["compile_s"] = time.perf_counter() - t  # first step: allocation and kernel selection
+    for _ in range(max(0, warmup - 1)):
+        step()
+    sync()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    last = first
+    for _ in range(max(1, steps)):
+        t = time.perf_counter()
+        last = float(step().detach())
+        sync()
+        times.append(time.perf_counter() - t)
+    row["step_s"], row["step_times"] = statistics.median(times), times
+    row["loss_first"], row["loss_last"] = first, last
+    row["pairs_per_s"] = pairs / row["step_s"]
+    row["tokens_per_s"] = 2 * pairs * shape.seq_len() / row["step_s"]
+    row["model_flops"] = flops_lib.step_flops(
+        config, pairs=pairs, prompt_len=p, response_len=r, num_frames=shape.frames, layout="naive")
+    row["peak_bytes"], row["peak_source"] = ((int(torch.cuda.max_memory_allocated()), "allocator")
+                                             if cuda else (None, "unavailable"))
+    del model, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return row

@@ -1,0 +1,106 @@
+"""leanpo_jax.bench: the CLI end to end at --size tiny (every mode, with the torch peer), the
+peer's objective equal to ours at the same weights, the MFU / ratio arithmetic, job grouping,
+and the import hygiene of the step path (no grain / av / imageio / torch)."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, run_cli
+from leanpo_jax.bench import __main__ as bench_main
+from leanpo_jax.bench.shapes import TINY_STEP_SHAPES, FULL_STEP_SHAPES
+
+
+@pytest.fixture(scope="module")
+def tiny_rows(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("bench") / "rows.json")
+    proc = run_cli(["-m", "leanpo_jax.bench", "--what", "all", "--size", "tiny", "--peer", "torch",
+                    "--json", out], timeout=600)
+    return json.load(open(out))["rows"], proc.stdout
+
+
+def test_tiny_run_reports_every_mode_with_consistent_numbers(tiny_rows):
+    rows, stdout = tiny_rows
+    assert all("error" not in r for r in rows), [r for r in rows if "error" in r]
+    peak = [r for r in rows if r["what"] == "peak"]
+    assert len(peak) == 1 and peak[0]["peak_tflops"] > 0
+    for shape in TINY_STEP_SHAPES:
+        got = {(r["layout"], r["impl"]): r for r in rows if r["what"] == "step" and r["name"] == shape.name}
+        assert set(got) == {("shared", "leanpo_jax"), ("naive", "leanpo_jax"), ("naive", "torch-hf")}
+        for r in got.values():
+            assert r["step_s"] > 0 and math.isfinite(r["loss_first"]) and math.isfinite(r["loss_last"])
+            assert r["tokens_per_s"] == pytest.approx(2 * shape.pairs * shape.seq_len() / r["step_s"])
+            assert r["pairs_per_s"] == pytest.approx(shape.pairs / r["step_s"])
+            assert r["mfu"] == pytest.approx(r["model_flops"] / r["step_s"] / (peak[0]["peak_tflops"] * 1e12))
+            assert r["seq"] == shape.seq_len() and r["compile_s"] >= 0
+        # The shared layout counts the prompt once: fewer model FLOPs than naive, same tokens.
+        assert got[("shared", "leanpo_jax")]["model_flops"] < got[("naive", "leanpo_jax")]["model_flops"]
+        ours = got[("shared", "leanpo_jax")]
+        assert ours["vs_peer"]["torch-hf"] == pytest.approx(ours["tokens_per_s"] / got[("naive", "torch-hf")]["tokens_per_s"])
+        assert ours["peak_bytes"] > 0  # XLA's estimate on CPU
+    phases = {r["phase"]: r for r in rows if r["what"] == "generate"}
+    assert set(phases) == {"encode", "prefill", "decode"}
+    assert phases["decode"]["decoded_tokens"] == 2 * 2 * 8  # batch x samples x new tokens, no stop ids
+    assert phases["prefill"]["tokens_per_s"] > 0 and phases["encode"]["frames_per_s"] > 0
+    data = [r for r in rows if r["what"] == "data"]
+    assert len(data) == 1 and data[0]["records_per_s"] > 0
+    assert data[0]["frames_per_s"] == pytest.approx(4 * data[0]["records_per_s"])
+    for needle in ("tiny-video 4f", "torch-hf", "records/s", "[decode]", "TFLOP/s"):
+        assert needle in stdout
+
+
+@pytest.mark.parametrize("shape", [TINY_STEP_SHAPES[0], TINY_STEP_SHAPES[2]], ids=lambda s: s.name)
+def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
+    """The peer's first-step loss (HF transformers, TRL-style concatenated batch, video
+    duplicated) equals our train step's on the same weights: both run one objective."""
+    from leanpo_jax.bench.step_bench import run_step
+    from leanpo_jax.bench.torch_peer import run_peer
+    from leanpo_jax.models.hf_io import save_hf
+    from leanpo_jax.models.video_llm import build_model
+
+    save_hf(build_model(shape.config(), seed=0), str(tmp_path))  # run_step builds this same model
+    ours = run_step(shape, "shared", dtype="float32", attention=None, steps=1, warmup=0)
+    peer = run_peer(shape, "torch-hf", steps=1, warmup=0, hf_dir=str(tmp_path))
+    assert peer["loss_first"] == pytest.approx(ours["loss_first"], rel=1e-5, abs=1e-5)
+    assert peer["trainable_params"] == ours["trainable_params"]
+
+
+def test_mfu_ratios_and_process_groups():
+    rows = [dict(what="peak", name="m", impl="leanpo_jax", layout="-", peak_tflops=100.0),
+            dict(what="step", name="s", layout="shared", impl="leanpo_jax", step_s=0.5, tokens_per_s=300.0,
+                 model_flops=20e12),
+            dict(what="step", name="s", layout="naive", impl="torch-hf", step_s=1.0, tokens_per_s=100.0,
+                 model_flops=40e12),
+            dict(what="step", name="s", layout="naive", impl="torch-liger", step_s=1.0, tokens_per_s=150.0,
+                 model_flops=40e12)]
+    bench_main.finish(rows)
+    assert rows[1]["mfu"] == pytest.approx(0.4) and rows[2]["mfu"] == pytest.approx(0.4)
+    assert rows[1]["vs_peer"] == {"torch-hf": pytest.approx(3.0), "torch-liger": pytest.approx(2.0)}
+    assert rows[1]["vs_best_peer"] == pytest.approx(2.0)
+
+    args = bench_main.parse_args(["--what", "all", "--peer", "torch", "--only", "llava"])
+    jobs = bench_main.plan(args)
+    names = {j["shape"]["name"] for j in jobs if "shape" in j and j["kind"] in ("step", "peer")}
+    assert names == {s.name for s in FULL_STEP_SHAPES if "llava" in s.name}
+    # No peer for the grid-newline LLaVA-Video preset (transformers' class cannot express it).
+    assert not [j for j in jobs if j["kind"] == "peer" and "llava-video" in j["shape"]["name"]]
+    grouped = bench_main.groups(jobs, isolate=True)
+    assert all(len(g) == 1 for g in grouped if g[0]["kind"] != "peer")
+    kinds = [g[0]["kind"] for g in grouped]
+    assert kinds[0] == "peak" and kinds[-2:] == ["generate", "data"]
+    assert kinds[-3] == "peer" and len(grouped[-3]) == 2  # both 0.5B video shapes in one process
+    with pytest.raises(SystemExit):
+        bench_main.parse_args(["--layouts", "shared,packed"])
+
+
+def test_step_path_imports_no_data_or_torch_packages():
+    code = ("import sys; import leanpo_jax.bench.__main__, leanpo_jax.bench.runner, leanpo_jax.bench.step_bench, "
+            "leanpo_jax.bench.generate_bench, leanpo_jax.bench.torch_peer, leanpo_jax.train.step; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('grain', 'av', 'imageio', 'imageio_ffmpeg', 'torch', 'liger_kernel')); print(bad); assert not bad")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT, env=env, timeout=120)
