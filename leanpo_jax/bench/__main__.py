@@ -197,7 +197,7 @@ def main(argv=None) -> int:
                           for j in group)
         if args.budget and elapsed > args.budget:
             print(f"[bench] skipped (--budget {args.budget:.0f} s spent): {label}", file=sys.stderr)
-            rows += [dict(runner._row_keys(j), error=f"skipped: --budget {args.budget:.0f} s spent",
+            rows += [dict(runner.row_keys(j), error=f"skipped: --budget {args.budget:.0f} s spent",
                           oom=False) for j in group]
             continue
         print(f"[bench] {elapsed:6.0f} s  {label}", file=sys.stderr, flush=True)

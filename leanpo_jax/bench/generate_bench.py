@@ -37,6 +37,7 @@ TINY = GenerateShape("tiny-video 4f", "tiny-video", frames=4, prompt_text=12, ba
 def run_generate(shape: GenerateShape, *, dtype: str, attention, steps: int, warmup: int) -> list:
     """-> rows for encode, prefill and decode (see the module docstring)."""
     from leanpo_jax.bench.shapes import model_config
+    from leanpo_jax.bench.step_bench import token_id_limit
     from leanpo_jax.generate.sampler import Sampler, SamplingConfig
     from leanpo_jax.models.config import num_video_tokens
     from leanpo_jax.models.video_llm import build_model
@@ -44,12 +45,12 @@ def run_generate(shape: GenerateShape, *, dtype: str, attention, steps: int, war
     config = model_config(shape.model).replace(dtype=dtype, attention_impl=resolve_attention(attention))
     model = build_model(config, seed=0)
     cfg = SamplingConfig(max_new_tokens=shape.new_tokens, num_samples=shape.samples, stop_ids=(),
-                         vocab_limit=config.text.vocab_size - 8)
+                         vocab_limit=token_id_limit(config))
     sampler = Sampler(model, cfg)
     rng = np.random.default_rng(0)
     n = num_video_tokens(config, shape.frames)
     prompt_len = n + shape.prompt_text
-    ids = rng.integers(1, config.text.vocab_size - 8, (shape.batch, prompt_len), dtype=np.int32)
+    ids = rng.integers(1, token_id_limit(config), (shape.batch, prompt_len), dtype=np.int32)
     ids[:, 10:10 + n] = config.video_token_index
     mask = np.ones_like(ids)
     s = config.vision.image_size

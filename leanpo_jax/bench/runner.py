@@ -61,10 +61,11 @@ def run_job(job: dict) -> List[dict]:
     except Exception as e:  # noqa: BLE001 - one failed row must not end the run
         traceback.print_exc()
         text = repr(e)
-        return [dict(_row_keys(job), error=text[-500:], oom=any(m in text for m in OOM_MARKERS))]
+        return [dict(row_keys(job), error=text[-500:], oom=any(m in text for m in OOM_MARKERS))]
 
 
-def _row_keys(job: dict) -> dict:
+def row_keys(job: dict) -> dict:
+    """The identifying keys (what, name, layout, impl) of `job`'s row, for error rows."""
     shape = job.get("shape") or {}
     impl = job.get("impl", "leanpo_jax")
     return dict(what=job["kind"] if job["kind"] != "peer" else "step", name=shape.get("name", job["kind"]),
@@ -97,7 +98,7 @@ def run_isolated(jobs: List[dict], *, timeout: float) -> List[dict]:
     why = (f"timed out after {timeout:.0f} s" if seconds >= timeout - 1 else
            f"the process exited with code {proc.returncode} after {seconds:.0f} s before reporting")
     for job in jobs[done:]:
-        rows.append(dict(_row_keys(job), error=why, oom=proc.returncode in (-9, 137) and seconds < timeout - 1))
+        rows.append(dict(row_keys(job), error=why, oom=proc.returncode in (-9, 137) and seconds < timeout - 1))
     return rows
 
 

@@ -19,11 +19,20 @@ from leanpo_jax.bench.timing import median_time, peak_bytes, resolve_attention
 from leanpo_jax.train import flops as flops_lib
 
 
+def token_id_limit(config) -> int:
+    """Random text ids are drawn below this: under the image/video placeholder ids (a stray
+    placeholder would change the video-token count) and the last rows of the vocabulary."""
+    limit = config.text.vocab_size - 8
+    if config.vision is not None:
+        limit = min(limit, config.image_token_index, config.video_token_index)
+    return limit
+
+
 def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
     """The train step's batch (leanpo_jax.train.step docstring) for `shape`, full masks."""
     rng = np.random.default_rng(seed)
     pairs, p, r = shape.pairs, shape.prompt_len(), shape.response
-    high = config.text.vocab_size - 8  # below the placeholder ids of the tiny vocabularies
+    high = token_id_limit(config)
     prompt = rng.integers(1, high, (pairs, p), dtype=np.int32)
     batch = dict(
         prompt_ids=prompt,
