@@ -31,6 +31,8 @@ Entry points (embeddings in, because video embeddings are merged into the text f
 - `embed(ids)`, `__call__(embeds, positions=None, mask=None) -> hidden`;
 - `prefix(embeds, positions=None, mask=None) -> (hidden, KV)`;
 - `suffix(embeds, positions, kv_prefix, kv_mask=None, mask=None) -> hidden`;
+- `packed(prompt_embeds, response_embeds, positions, kv_mask, mask) -> (hidden_p, hidden_s)`:
+  prefix + suffix in one pass (the train step's shared layout);
 - `init_cache(batch, max_len)`, `prefill(embeds, positions, mask, max_len=) -> (hidden, cache)`,
   `decode_step(embeds, cache, positions=None) -> (hidden, cache)` (the same suffix code).
 `mask` is [B, T] key validity; positions default to 0..T-1. Without a mask, attention is plain
@@ -168,8 +170,9 @@ class Qwen2(nnx.Module):
         kernel = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return kernel.astype(self.dtype)
 
-    def _layer(self, p: dict, x, positions, mask, prefix):
-        """One decoder layer; returns (x, (k, v)) with this call's own RoPE'd keys/values."""
+    def _layer(self, p: dict, x, positions, mask, prefix, prompt_len: Optional[int] = None):
+        """One decoder layer; returns (x, (k, v)) with this call's own RoPE'd keys/values.
+        `prompt_len`: x is packed [prompt ‖ merged responses] (see `packed`)."""
         c = self.config
         p = {name: w.astype(self.dtype) for name, w in p.items()}
         h = rms_norm(x, p["input_norm"], c.rms_norm_eps)
@@ -179,7 +182,13 @@ class Qwen2(nnx.Module):
         if c.attention_bias:
             q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
         q, k = apply_rope(q, positions, c.rope_theta), apply_rope(k, positions, c.rope_theta)
-        if prefix is None:
+        if prompt_len is not None:
+            # Prompt rows causally among themselves (the fused kernel, no mask); response rows
+            # over every key with the block mask. QKV/O/MLP stay one matmul each for both.
+            t = prompt_len
+            out = jnp.concatenate([attend(q[:, :t], k[:, :t], v[:, :t], None, self.attention_impl),
+                                   attend(q[:, t:], k, v, mask, self.attention_impl)], axis=1)
+        elif prefix is None:
             out = attend(q, k, v, mask, self.attention_impl)
         else:
             # Merge the `group` suffix rows of each prefix row into one query block (a free
@@ -195,12 +204,12 @@ class Qwen2(nnx.Module):
         mlp = jax.nn.silu(h @ p["gate_kernel"]) * (h @ p["up_kernel"])
         return x + mlp @ p["down_kernel"], (k, v)
 
-    def _run(self, x, positions, mask, prefix: Optional[KV]):
+    def _run(self, x, positions, mask, prefix: Optional[KV], prompt_len: Optional[int] = None):
         """Scans the layers over x; returns (final-normed hidden, own KV stacked [L, ...])."""
 
         def body(carry, xs):
             p, pre = xs
-            return self._layer(p, carry, positions, mask, pre)
+            return self._layer(p, carry, positions, mask, pre, prompt_len)
 
         if self.remat:
             body = jax.checkpoint(body, prevent_cse=False)
@@ -243,6 +252,29 @@ class Qwen2(nnx.Module):
         own = None if mask is None else mask.astype(bool)
         attn_mask = suffix_attention_mask(kv_mask, own, s, b2 // bp)
         return self._run(embeds, positions, attn_mask, kv_prefix)
+
+    def packed(self, prompt_embeds, response_embeds, response_positions, kv_mask=None, mask=None):
+        """`prefix` + `suffix` in ONE pass: [prompt ‖ its g responses] per prompt row.
+
+        prompt_embeds [Bp, P, D] (positions 0..P-1, right-padded: no prompt mask needed),
+        response_embeds [B2 = g·Bp, S, D] grouped as in `suffix`, response_positions [B2, S],
+        kv_mask [Bp, P] prompt key validity, mask [B2, S] own key validity. Same values as
+        prefix + suffix, but each layer runs one set of matmuls over Bp·(P + g·S) tokens rather
+        than a long pass and a short one. -> (hidden_prompt [Bp, P, D], hidden_responses [B2, S, D]).
+        """
+        bp, t = prompt_embeds.shape[:2]
+        b2, s = response_embeds.shape[:2]
+        if b2 % bp:
+            raise ValueError(f"response batch {b2} is not a multiple of the prompt batch {bp}")
+        g = b2 // bp
+        merge = lambda a: a.reshape(bp, g * s, *a.shape[2:])  # noqa: E731 - rows are grouped
+        x = jnp.concatenate([prompt_embeds.astype(self.dtype), merge(response_embeds).astype(self.dtype)], axis=1)
+        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (bp, t)),
+                                     merge(response_positions.astype(jnp.int32))], axis=1)
+        kv_mask = jnp.broadcast_to(jnp.ones((bp, t), bool) if kv_mask is None else kv_mask.astype(bool), (bp, t))
+        own = None if mask is None else mask.astype(bool)
+        hidden, _ = self._run(x, positions, suffix_attention_mask(kv_mask, own, s, g), None, prompt_len=t)
+        return hidden[:, :t], hidden[:, t:].reshape(b2, s, hidden.shape[-1])
 
     # --------------------------------------------------------------------------------- KV cache
     def init_cache(self, batch: int, max_len: int) -> KVCache:

@@ -116,6 +116,12 @@ class VideoLLM(nnx.Module):
         embeds = self.language_model.embed(token_ids)
         return self.language_model.suffix(embeds, positions, kv_prefix, kv_mask, mask)
 
+    def packed(self, prompt_ids, video_embeds, token_ids, positions, kv_mask=None, mask=None):
+        """`prefix` + `suffix` in one pass (Qwen2.packed) -> (hidden_prompt [Bp, P, D],
+        hidden_tokens [B2, S, D]); token rows grouped g per prompt row, as in `suffix`."""
+        lm = self.language_model
+        return lm.packed(self.embed(prompt_ids, video_embeds), lm.embed(token_ids), positions, kv_mask, mask)
+
     # ---------------------------------------------------------------------------- decoding
     def prefill(self, prompt_ids, video_embeds=None, prompt_mask=None, *, max_len: int):
         """`prefix` into a fixed-size KV cache of max_len slots -> (hidden, cache)."""

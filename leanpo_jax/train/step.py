@@ -10,11 +10,14 @@ chosen_ids / chosen_mask / rejected_ids / rejected_mask [B, R] (right-padded); p
 (0 = padding pair); for dpo also ref_chosen_logps / ref_rejected_logps [B] (summed).
 
 Shared layout (default), per pair (L = prompt length, y = a response, |y| <= R):
-    v      = encode_video(frames)                   once per pair; stop_gradient if the tower
+    v          = encode_video(frames)               once per pair; stop_gradient if the tower
                                                     and connector are frozen (no backward)
-    h_p, K = prefix(prompt)                         once per pair, positions 0..P-1
-    h_s    = suffix([y_c[:-1]; y_r[:-1]], L + j, K) rows [c0, r0, c1, r1, ...] (B2 = 2B)
+    h_p, h_s   = packed(prompt, [y_c[:-1]; y_r[:-1]]) one pass over [prompt ‖ y_c ‖ y_r]: the
+                                                    prompt (positions 0..P-1) causally, each
+                                                    response (positions L + j) over the prompt's
+                                                    valid keys and its own, causally
     log π(y_0) from h_p[L-1]; log π(y_j), j >= 1, from h_s[j-1]
+(equal to prefix(prompt) then suffix(responses, K); packing keeps the matmuls large.)
 Right padding needs no prompt mask in `prefix` (padded keys only follow valid queries); the
 suffix gets kv_mask = prompt_mask so its queries never see the padded keys.
 Naive layout: 2B sequences [prompt[:L] ‖ y ‖ 0…] of static length P + R, the video encoded per
@@ -88,12 +91,15 @@ def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
 
     if layout == "shared":
         video = encode(frames)
-        hidden_p, kv = model.prefix(prompt, video)
+        hidden_s = None
+        if resp_len > 1:  # one pass over [prompt ‖ its responses] (model.packed)
+            positions = row_lengths[:, None] + jnp.arange(resp_len - 1, dtype=jnp.int32)[None]
+            hidden_p, hidden_s = model.packed(prompt, video, responses[:, :-1], positions, kv_mask=prompt_mask)
+        else:
+            hidden_p, _ = model.prefix(prompt, video)
         last = jnp.take_along_axis(hidden_p, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
         hidden = jnp.repeat(last, g, axis=0)
-        if resp_len > 1:
-            positions = row_lengths[:, None] + jnp.arange(resp_len - 1, dtype=jnp.int32)[None]
-            hidden_s = model.suffix(responses[:, :-1], positions, kv, kv_mask=prompt_mask)
+        if hidden_s is not None:
             hidden = jnp.concatenate([hidden, hidden_s.astype(hidden.dtype)], axis=1)
     else:
         video = encode(None if frames is None else jnp.repeat(frames, g, axis=0))

@@ -153,6 +153,13 @@ def shared_hidden(m, d):
     return m.suffix(m.embed(d["tokens"]), d["positions"], kv, kv_mask=d["pmask"])
 
 
+def packed_hidden(m, d):
+    return m.packed(m.embed(d["prompt"]), m.embed(d["tokens"]), d["positions"], kv_mask=d["pmask"])[1]
+
+
+SHARED_FORMS = {"prefix+suffix": shared_hidden, "packed": packed_hidden}
+
+
 def naive_hidden(m, d):
     h = m(m.embed(d["full"]), mask=d["fmask"])
     return jnp.take_along_axis(h, d["positions"][:, :, None], axis=1)
@@ -175,16 +182,19 @@ def naive_pairs(base_model):
     return d, loss_and_grad(*nnx.split(base_model), naive_hidden, d)
 
 
+@pytest.mark.parametrize("form", list(SHARED_FORMS))
 @pytest.mark.parametrize("remat", [False, True], ids=["remat-off", "remat-on"])
-def test_shared_prefix_pairs_match_naive_values_and_grads(base_model, naive_pairs, remat):
+def test_shared_prefix_pairs_match_naive_values_and_grads(base_model, naive_pairs, remat, form):
     """Pairs layout (one prefix per 2 suffix rows, prompts of true lengths 8 and 5): prefix +
-    suffix equals the full forward on [prompt ‖ tokens], hidden states and the gradients of a
-    scalar of them w.r.t. every parameter (both suffix rows' gradients add up in the prefix)."""
+    suffix, and the packed single pass, equal the full forward on [prompt ‖ tokens], hidden
+    states and the gradients of a scalar of them w.r.t. every parameter (both suffix rows'
+    gradients add up in the prefix)."""
     d, ((loss_n, h_n), grad_n) = naive_pairs
     model = nnx.clone(base_model)
     model.remat = remat
     graphdef, state = nnx.split(model)
-    (loss_s, h_s), grad_s = loss_and_grad(graphdef, state, shared_hidden, d)
+    shared = SHARED_FORMS[form]
+    (loss_s, h_s), grad_s = loss_and_grad(graphdef, state, shared, d)
     err = float(jnp.abs(h_s - h_n).max())
     print(f"pairs remat={remat}: max |hidden diff| = {err:.2e}")
     assert err < 1e-5
@@ -198,15 +208,16 @@ def test_shared_prefix_pairs_match_naive_values_and_grads(base_model, naive_pair
         worst = max(worst, float(np.abs(gs - gn).max() / np.abs(gn).max()))
     print(f"  max |grad diff| / max |grad| = {worst:.2e}")
     assert worst < 1e-4
-    jaxpr = str(jax.make_jaxpr(lambda st: shared_hidden(nnx.merge(graphdef, st), d))(state))
+    jaxpr = str(jax.make_jaxpr(lambda st: shared(nnx.merge(graphdef, st), d))(state))
     assert ("remat" in jaxpr) == remat
 
 
+@pytest.mark.parametrize("form", list(SHARED_FORMS))
 @pytest.mark.parametrize("bp,b2", [(2, 2), (1, 3)], ids=["one-prefix-per-row", "bp1-to-3-rows"])
-def test_shared_prefix_other_layouts_match_naive(base_model, bp, b2):
+def test_shared_prefix_other_layouts_match_naive(base_model, bp, b2, form):
     d = layout(bp, b2)
     graphdef, state = nnx.split(base_model)
-    run = jax.jit(lambda st: (shared_hidden(nnx.merge(graphdef, st), d),
+    run = jax.jit(lambda st: (SHARED_FORMS[form](nnx.merge(graphdef, st), d),
                               naive_hidden(nnx.merge(graphdef, st), d)))
     h_s, h_n = run(state)
     err = float(jnp.abs(h_s - h_n).max())
