@@ -1,12 +1,28 @@
 """Demo stage 1: the synthetic video-QA corpus, its splits, the SFT mixture and a small tokenizer.
 
-Videos come from `leanpo_jax.data.synthetic` (moving coloured shapes; questions about count,
-colour, direction and shape; templated answers, so a winner and a loser differ in one or two
-attribute words). Splits by video index: train, held-out. The SFT mixture holds, per train
-video, the plain question, the prior-injection prompt (GT as hints) and the reflection prompt
-(an earlier answer with one attribute word wrong, to be brought in line with the GT) — so the
-SFT model can follow the generation templates. The tokenizer is a byte-level BPE trained with
-`tokenizers` on every text the demo will ever tokenise, saved as an ordinary tokenizer folder.
+Videos come from `leanpo_jax.data.synthetic` (moving coloured shapes); the demo re-asks them
+with its own questions and answers, built from each record's `attributes`:
+
+  * Question kinds: count, colour and direction only — the attributes that the loser's
+    augmented 2-frame video destroys (a strong zoom-in crop loses shapes, grayscale and hue
+    jitter lose the colour, a horizontal flip swaps left and right). The synthetic set's
+    "shape" question is not asked.
+  * Answers (`ANSWERS`): one templated sentence per kind naming the asked attribute and
+    nothing else, so a winner and a loser typically differ in that one word, and an exact
+    match needs one attribute right (the synthetic templates also name the colour and the
+    shape, so an answer there needed three right).
+  * Splits by video index: the first `train` videos for training, the rest held out. Every
+    held-out video is asked all three questions (`heldout_triplets`).
+  * SFT mixture (`sft_triplets`), per train video: the three plain questions, the
+    prior-injection prompt (GT as hints) for one of them and the reflection prompt (an
+    earlier answer, right or with the attribute word wrong, to be brought in line with the GT)
+    for another — so the SFT model follows the generation templates (without them the winner
+    ignores the hints and equals the loser wherever the video is not understood).
+  * Self-generation triplets (`train_triplets`): the first `generation` train videos, one
+    question each (kinds in turn).
+
+The tokenizer is a byte-level BPE trained with `tokenizers` on every text the demo will ever
+tokenise, saved as an ordinary tokenizer folder.
 """
 
 from __future__ import annotations
@@ -15,6 +31,7 @@ import json
 import os
 from typing import Dict, List
 
+import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from leanpo_jax.data import synthetic
@@ -24,6 +41,32 @@ from leanpo_jax.generate.config import PRIOR_TEMPLATE, REFLECTION_TEMPLATE
 # Ids 0-4 (the demo preset's video_token_index is 3, image_token_index 4).
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<video>", "<image>"]
 
+# Mid grey: the frames' normalised background is ~0 (SigLIP's mean 0.5), so what a patch
+# holds is a shape, not the constant backdrop.
+BACKGROUND = (128, 128, 128)
+KINDS = ("count", "colour", "direction")
+QUESTIONS = {k: synthetic.QUESTIONS[k] for k in KINDS}
+# The asked attribute is the only attribute word; every other word is the same for every value.
+ANSWERS = {
+    "count": "The number of shapes in the video is {count}.",
+    "colour": "Every shape in the video is {colour}.",
+    "direction": "Every shape in the video moves {direction}.",
+}
+
+
+def _word(attrs: Dict, kind: str) -> str:
+    return synthetic.COUNTS[attrs["count"] - 1] if kind == "count" else attrs[kind]
+
+
+def answer(attrs: Dict, kind: str, value: str = "") -> str:
+    """The demo's answer to `kind` about a video with `attrs`; `value` replaces the attribute word."""
+    return ANSWERS[kind].format(**{kind: value or _word(attrs, kind)})
+
+
+def wrong_value(attrs: Dict, kind: str, rng: np.random.Generator) -> str:
+    wrong = [v for v in synthetic.VALUES[kind] if v != _word(attrs, kind)]
+    return wrong[rng.integers(len(wrong))]
+
 
 def _write(path: str, rows: List[Dict]) -> str:
     with open(path, "w", encoding="utf-8") as f:
@@ -31,28 +74,65 @@ def _write(path: str, rows: List[Dict]) -> str:
     return path
 
 
-def build_corpus(workdir: str, *, train: int, heldout: int, seed: int = 0, frames: int = 12,
-                 size: int = 64) -> Dict[str, str]:
-    """Writes WORKDIR/corpus/{videos/, train_triplets, heldout_triplets, sft_triplets}.jsonl."""
+def _triplet(rid: str, video: str, attrs: Dict, kind: str) -> Dict:
+    truth = {k: attrs[k] for k in ("shape", "colour", "direction", "count")}
+    return {"id": f"{rid}-{kind}", "video": video, "prompt": QUESTIONS[kind], "answer": answer(attrs, kind),
+            "attributes": {**truth, "question": kind}}
+
+
+def write_videos(root: str, num: int, *, seed: int, frames: int, size: int, background) -> List[Dict]:
+    """Video i = synthetic video i (same attributes and drawing) on `background` (None: the
+    synthetic set's dark one) -> [{id, video, attributes}]."""
+    os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+    rows = []
+    for i in range(num):
+        attrs = synthetic.sample_attributes(seed, i)
+        pixels = synthetic.render_frames(attrs, size, frames)
+        if background is not None:
+            pixels[(pixels == np.array(synthetic.BACKGROUND, np.uint8)).all(-1)] = background
+        rid = f"shapes-{i:06d}"
+        video = f"videos/{rid}.mp4"
+        synthetic.write_mp4(os.path.join(root, video), pixels)
+        rows.append({"id": rid, "video": video, "attributes": attrs})
+    return rows
+
+
+def build_corpus(workdir: str, *, train: int, heldout: int, generation: int, seed: int = 0, frames: int = 12,
+                 size: int = 64, background=BACKGROUND) -> Dict:
+    """Writes WORKDIR/corpus/{videos/, train_triplets, heldout_triplets, sft_triplets}.jsonl and
+    WORKDIR/tokenizer; -> their paths plus "counts" (records per file)."""
     root = os.path.join(workdir, "corpus")
-    info = synthetic.generate(root, train + heldout, seed=seed, num_frames_video=frames, size=size)
-    pairs = [json.loads(line) for line in open(info["pairs"], encoding="utf-8")]
-    triplets = [json.loads(line) for line in open(info["triplets"], encoding="utf-8")]
+    videos = write_videos(root, train + heldout, seed=seed, frames=frames, size=size, background=background)
+    rng = np.random.default_rng((seed, 7))
+    gen, heldout_rows, sft, firsts = [], [], [], []
+    for i, v in enumerate(videos):
+        attrs, rid = v["attributes"], v["id"]
+        rows = [_triplet(rid, v["video"], attrs, kind) for kind in KINDS]
+        if i >= train:
+            heldout_rows += rows
+            continue
+        if i < generation:
+            gen.append(rows[i % len(KINDS)])
+        sft += [{k: r[k] for k in ("id", "video", "prompt", "answer")} for r in rows]
+        # Hint-following: the prior prompt for one kind, the reflection prompt for the next.
+        r = rows[i % len(KINDS)]
+        sft.append({"id": r["id"] + "-prior", "video": r["video"], "answer": r["answer"],
+                    "prompt": PRIOR_TEMPLATE.format(answer=r["answer"], question=r["prompt"])})
+        r = rows[(i + 1) % len(KINDS)]
+        kind = r["attributes"]["question"]
+        first = r["answer"] if rng.random() < 0.5 else answer(attrs, kind, wrong_value(attrs, kind, rng))
+        firsts.append(first)
+        sft.append({"id": r["id"] + "-reflect", "video": r["video"], "answer": r["answer"],
+                    "prompt": REFLECTION_TEMPLATE.format(first_turn=first, answer=r["answer"], question=r["prompt"])})
     out = {"root": root,
-           "train_triplets": _write(os.path.join(root, "train_triplets.jsonl"), triplets[:train]),
-           "heldout_triplets": _write(os.path.join(root, "heldout_triplets.jsonl"), triplets[train:])}
-    sft = []
-    for t, p in zip(triplets[:train], pairs[:train]):
-        q, a = t["prompt"], t["answer"]
-        sft.append({"id": t["id"] + "-plain", "video": t["video"], "prompt": q, "answer": a})
-        sft.append({"id": t["id"] + "-prior", "video": t["video"],
-                    "prompt": PRIOR_TEMPLATE.format(answer=a, question=q), "answer": a})
-        sft.append({"id": t["id"] + "-reflect", "video": t["video"],
-                    "prompt": REFLECTION_TEMPLATE.format(first_turn=p["rejected"], answer=a, question=q),
-                    "answer": a})
-    out["sft_triplets"] = _write(os.path.join(root, "sft_triplets.jsonl"), sft)
+           "train_triplets": _write(os.path.join(root, "train_triplets.jsonl"), gen),
+           "heldout_triplets": _write(os.path.join(root, "heldout_triplets.jsonl"), heldout_rows),
+           "sft_triplets": _write(os.path.join(root, "sft_triplets.jsonl"), sft),
+           "counts": {"train_videos": train, "heldout_videos": heldout, "generation": len(gen),
+                      "heldout": len(heldout_rows), "sft": len(sft)}}
     texts = [DEFAULT_SYSTEM_PROMPT, "system\n", "user\n", "assistant\n", "\n"]
-    texts += [r["prompt"] for r in sft] + [r["answer"] for r in sft] + [p["rejected"] for p in pairs]
+    texts += sorted({r["prompt"] for r in sft} | {r["answer"] for r in sft} | set(firsts))
+    texts += [answer(v["attributes"], k, w) for v in videos[:8] for k in KINDS for w in synthetic.VALUES[k]]
     out["tokenizer"] = train_tokenizer(os.path.join(workdir, "tokenizer"), texts)
     return out
 

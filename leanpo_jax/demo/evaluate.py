@@ -8,6 +8,7 @@ case, surrounding spaces and a final period. Log-likelihood: mean summed log π(
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Dict
 
@@ -31,7 +32,10 @@ def normalise(text: str) -> str:
 
 def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_tokens: int = 32,
              batch_size: int = 8) -> Dict:
-    """-> {accuracy, correct, total, gt_logp, gt_logp_avg, examples}."""
+    """-> {accuracy, correct, total, by_kind, gt_logp, gt_logp_avg, examples}.
+
+    `by_kind`: {question kind: [correct, total]} where the triplets carry `attributes.question`
+    (the demo corpus does), else {}."""
     tok = ChatTokenizer.from_config(model.config, data.tokenizer or None)
     frames_n = int(data.num_frames)
     n = num_video_tokens(model.config, frames_n)
@@ -40,6 +44,12 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
     source = RecordSource(triplets, "triplets")
     records = [source[i] for i in range(len(source))]
     records = [r for r in records if isinstance(r, TripletRecord)]
+    kinds = {}
+    with open(triplets, encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            kinds[row["id"]] = (row.get("attributes") or {}).get("question")
+    by_kind: Dict[str, list] = {}
     root = data.video_root
     v = model.config.vision
     correct, examples = 0, []
@@ -54,6 +64,10 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
             text = tok.tokenizer.decode(out.tokens[i, 0, : out.lengths[i, 0]].tolist(), skip_special_tokens=True)
             hit = normalise(text) == normalise(r.answer)
             correct += hit
+            kind = kinds.get(r.id)
+            if kind is not None:
+                tally = by_kind.setdefault(kind, [0, 0])
+                tally[0], tally[1] = tally[0] + int(hit), tally[1] + 1
             if len(examples) < 6:
                 examples.append({"question": r.prompt, "answer": r.answer, "generated": text.strip(), "correct": bool(hit)})
     eval_data = ml_collections.ConfigDict(data.to_dict())
@@ -63,6 +77,7 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
     keep = ~np.isnan(scores["answer"])
     total = len(records)
     return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "total": total,
+            "by_kind": by_kind,
             "gt_logp": float(np.mean(scores["answer"][keep])), "gt_logp_avg": float(np.mean(scores["answer_avg"][keep])),
             "examples": examples}
 
