@@ -128,6 +128,14 @@ class DecoderLayers(nnx.Module):
         return {name: getattr(self, name)[...] for name in _LAYER_PARAMS if hasattr(self, name)}
 
 
+def _response_mask(kv_mask, own_mask, bp: int, p: int, s: int, group: int) -> jax.Array:
+    """suffix_attention_mask for `group` response rows of S tokens per prompt row; kv_mask
+    [Bp, P] (None: all prompt keys valid), own_mask [Bp·group, S] (None: all valid)."""
+    kv_mask = jnp.broadcast_to(jnp.ones((bp, p), bool) if kv_mask is None else kv_mask.astype(bool), (bp, p))
+    own = None if own_mask is None else own_mask.astype(bool)
+    return suffix_attention_mask(kv_mask, own, s, group)
+
+
 class Qwen2(nnx.Module):
     """Qwen2 (q/k/v bias) or Llama (no bias) decoder; see the module docstring.
 
@@ -247,11 +255,7 @@ class Qwen2(nnx.Module):
         bp, p = kv_prefix.k.shape[1:3]
         if b2 % bp:
             raise ValueError(f"suffix batch {b2} is not a multiple of the prefix batch {bp}")
-        kv_mask = jnp.ones((bp, p), bool) if kv_mask is None else kv_mask.astype(bool)
-        kv_mask = jnp.broadcast_to(kv_mask, (bp, p))
-        own = None if mask is None else mask.astype(bool)
-        attn_mask = suffix_attention_mask(kv_mask, own, s, b2 // bp)
-        return self._run(embeds, positions, attn_mask, kv_prefix)
+        return self._run(embeds, positions, _response_mask(kv_mask, mask, bp, p, s, b2 // bp), kv_prefix)
 
     def packed(self, prompt_embeds, response_embeds, response_positions, kv_mask=None, mask=None):
         """`prefix` + `suffix` in ONE pass: [prompt ‖ its g responses] per prompt row.
@@ -271,9 +275,7 @@ class Qwen2(nnx.Module):
         x = jnp.concatenate([prompt_embeds.astype(self.dtype), merge(response_embeds).astype(self.dtype)], axis=1)
         positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (bp, t)),
                                      merge(response_positions.astype(jnp.int32))], axis=1)
-        kv_mask = jnp.broadcast_to(jnp.ones((bp, t), bool) if kv_mask is None else kv_mask.astype(bool), (bp, t))
-        own = None if mask is None else mask.astype(bool)
-        hidden, _ = self._run(x, positions, suffix_attention_mask(kv_mask, own, s, g), None, prompt_len=t)
+        hidden, _ = self._run(x, positions, _response_mask(kv_mask, mask, bp, t, s, g), None, prompt_len=t)
         return hidden[:, :t], hidden[:, t:].reshape(b2, s, hidden.shape[-1])
 
     # --------------------------------------------------------------------------------- KV cache
