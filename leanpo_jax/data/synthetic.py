@@ -67,7 +67,7 @@ def sample_attributes(seed: int, index: int) -> Dict:
              "direction": DIRECTIONS[rng.integers(len(DIRECTIONS))], "count": int(rng.integers(1, 5)),
              "question": QUESTION_KINDS[index % len(QUESTION_KINDS)]}
     kind = attrs["question"]
-    truth = _word(attrs, kind)
+    truth = attribute_word(attrs, kind)
     wrong = [v for v in VALUES[kind] if v != truth]
     attrs["wrong"] = wrong[rng.integers(len(wrong))]
     attrs["jitter"] = rng.random(attrs["count"]).round(4).tolist()
@@ -75,19 +75,21 @@ def sample_attributes(seed: int, index: int) -> Dict:
     return attrs
 
 
-def _word(attrs: Dict, kind: str) -> str:
+def attribute_word(attrs: Dict, kind: str) -> str:
+    """The answer word for `kind` (count as "one".."four", else the attribute itself)."""
     return COUNTS[attrs["count"] - 1] if kind == "count" else attrs[kind]
 
 
 def answer(attrs: Dict, **override) -> str:
     """The templated answer to `attrs["question"]`; `override` replaces attribute words."""
-    words = {k: _word(attrs, k) for k in VALUES}
+    words = {k: attribute_word(attrs, k) for k in VALUES}
     words.update(override)
     return ANSWERS[attrs["question"]].format(**words)
 
 
-def render_frames(attrs: Dict, size: int = 64, num_frames: int = 24) -> np.ndarray:
-    """The drawn frames, uint8 [num_frames, size, size, 3] (what the mp4 encodes)."""
+def render_frames(attrs: Dict, size: int = 64, num_frames: int = 24, background=BACKGROUND) -> np.ndarray:
+    """The drawn frames, uint8 [num_frames, size, size, 3] (what the mp4 encodes) on an RGB
+    `background`."""
     s, count = int(size), attrs["count"]
     r = max(3.0, s / 10)  # half-width of a shape
     lane = s / count
@@ -96,7 +98,7 @@ def render_frames(attrs: Dict, size: int = 64, num_frames: int = 24) -> np.ndarr
     sign = 1.0 if attrs["direction"] in ("right", "down") else -1.0
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     frames = np.empty((num_frames, s, s, 3), np.uint8)
-    frames[:] = BACKGROUND
+    frames[:] = background
     colour = np.array(COLOURS[attrs["colour"]], np.uint8)
     for j in range(count):
         across = (j + 0.5) * lane + (attrs["jitter"][j] - 0.5) * max(0.0, lane - 2 * r - 2)
@@ -140,8 +142,9 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, crf: int = 15, gop
 
 
 def generate(out_dir: str, num: int, seed: int = 0, *, num_frames_video: int = 24, size: int = 64,
-             fps: int = 8) -> Dict:
-    """Writes `num` videos and their records under `out_dir` (see the module docstring).
+             fps: int = 8, background=BACKGROUND) -> Dict:
+    """Writes `num` videos and their records under `out_dir` (see the module docstring);
+    `background`: the RGB backdrop (the demo uses mid grey).
 
     Returns {"out_dir", "num", "seed", "size", "num_frames", "fps", "videos" (folder),
     "triplets", "pairs" (paths), "questions" ({kind: count}), "seconds"}.
@@ -160,7 +163,7 @@ def generate(out_dir: str, num: int, seed: int = 0, *, num_frames_video: int = 2
         attrs = sample_attributes(seed, i)
         rid = f"shapes-{i:06d}"
         video = f"videos/{rid}.mp4"
-        write_mp4(os.path.join(out_dir, video), render_frames(attrs, size, num_frames_video), fps)
+        write_mp4(os.path.join(out_dir, video), render_frames(attrs, size, num_frames_video, background), fps)
         kind = attrs["question"]
         questions[kind] += 1
         truth = {k: attrs[k] for k in ("shape", "colour", "direction", "count", "question")}

@@ -1,6 +1,7 @@
 """Demo stage 1: the synthetic video-QA corpus, its splits, the SFT mixture and a small tokenizer.
 
-Videos come from `leanpo_jax.data.synthetic` (moving coloured shapes); the demo re-asks them
+Videos come from `leanpo_jax.data.synthetic.generate` (moving coloured shapes, here on a mid-grey
+backdrop: `BACKGROUND`); the demo re-asks them
 with its own questions and answers, built from each record's `attributes`:
 
   * Question kinds: count, colour and direction only — the attributes that the loser's
@@ -54,17 +55,13 @@ ANSWERS = {
 }
 
 
-def _word(attrs: Dict, kind: str) -> str:
-    return synthetic.COUNTS[attrs["count"] - 1] if kind == "count" else attrs[kind]
-
-
 def answer(attrs: Dict, kind: str, value: str = "") -> str:
     """The demo's answer to `kind` about a video with `attrs`; `value` replaces the attribute word."""
-    return ANSWERS[kind].format(**{kind: value or _word(attrs, kind)})
+    return ANSWERS[kind].format(**{kind: value or synthetic.attribute_word(attrs, kind)})
 
 
 def wrong_value(attrs: Dict, kind: str, rng: np.random.Generator) -> str:
-    wrong = [v for v in synthetic.VALUES[kind] if v != _word(attrs, kind)]
+    wrong = [v for v in synthetic.VALUES[kind] if v != synthetic.attribute_word(attrs, kind)]
     return wrong[rng.integers(len(wrong))]
 
 
@@ -80,29 +77,14 @@ def _triplet(rid: str, video: str, attrs: Dict, kind: str) -> Dict:
             "attributes": {**truth, "question": kind}}
 
 
-def write_videos(root: str, num: int, *, seed: int, frames: int, size: int, background) -> List[Dict]:
-    """Video i = synthetic video i (same attributes and drawing) on `background` (None: the
-    synthetic set's dark one) -> [{id, video, attributes}]."""
-    os.makedirs(os.path.join(root, "videos"), exist_ok=True)
-    rows = []
-    for i in range(num):
-        attrs = synthetic.sample_attributes(seed, i)
-        pixels = synthetic.render_frames(attrs, size, frames)
-        if background is not None:
-            pixels[(pixels == np.array(synthetic.BACKGROUND, np.uint8)).all(-1)] = background
-        rid = f"shapes-{i:06d}"
-        video = f"videos/{rid}.mp4"
-        synthetic.write_mp4(os.path.join(root, video), pixels)
-        rows.append({"id": rid, "video": video, "attributes": attrs})
-    return rows
-
-
 def build_corpus(workdir: str, *, train: int, heldout: int, generation: int, seed: int = 0, frames: int = 12,
                  size: int = 64, background=BACKGROUND) -> Dict:
     """Writes WORKDIR/corpus/{videos/, train_triplets, heldout_triplets, sft_triplets}.jsonl and
     WORKDIR/tokenizer; -> their paths plus "counts" (records per file)."""
     root = os.path.join(workdir, "corpus")
-    videos = write_videos(root, train + heldout, seed=seed, frames=frames, size=size, background=background)
+    info = synthetic.generate(root, train + heldout, seed=seed, num_frames_video=frames, size=size,
+                              background=background)
+    videos = [json.loads(line) for line in open(info["triplets"], encoding="utf-8")]
     rng = np.random.default_rng((seed, 7))
     gen, heldout_rows, sft, firsts = [], [], [], []
     for i, v in enumerate(videos):
