@@ -184,53 +184,41 @@ class SelfGenerator:
                 scores[i] = {f"{name}_avg_logp": float(out[f"{name}_avg"][j]) for name in names}
         return [scores.get(i, encoded[i]) for i in range(len(items))]
 
+    def _turn(self, live, text, frames, sampler, n_video: int, seed: int, results: List[object]) -> Dict[int, str]:
+        """One generation turn for records `live`: prompt `text(i)` over video `frames(i)`. A
+        prompt that cannot be encoded becomes results[i] (RecordFailed) and drops out.
+        -> {i: generated text}."""
+        prompts = {}
+        for i in live:
+            try:
+                prompts[i] = self._prompt(text(i), n_video)
+            except RecordFailed as e:
+                results[i] = e
+        live = sorted(prompts)
+        if not live:
+            return {}
+        videos = self._video_batch([frames(i) for i in live])
+        return dict(zip(live, self._generate(sampler, [prompts[i] for i in live], videos, n_video, seed)))
+
     def _process(self, batch: List[Dict]) -> List[object]:
         """Generation for up to batch_size readable records -> a row dict or RecordFailed each."""
         seed = augment_lib.record_seed(int(self.g.seed), batch[0]["id"])
         results: List[object] = [None] * len(batch)
-        turn1 = {}
-        for i, it in enumerate(batch):
-            try:
-                turn1[i] = self._prompt(self.g.prior_template.format(answer=it["answer"], question=it["prompt"]),
-                                        self.n_video)
-            except RecordFailed as e:
-                results[i] = e
-        live = sorted(turn1)
-        if not live:
-            return results
-        videos = self._video_batch([batch[i]["frames"] for i in live])
-        r1 = dict(zip(live, self._generate(self.winner_sampler, [turn1[i] for i in live], videos, self.n_video, seed)))
-        turn2 = {}
-        for i in live:
-            it = batch[i]
-            try:
-                turn2[i] = self._prompt(self.g.reflection_template.format(
-                    first_turn=r1[i], answer=it["answer"], question=it["prompt"]), self.n_video)
-            except RecordFailed as e:
-                results[i] = e
-        live = sorted(turn2)
-        if not live:
-            return results
-        videos = self._video_batch([batch[i]["frames"] for i in live])
-        winners = dict(zip(live, self._generate(self.winner_sampler, [turn2[i] for i in live], videos,
-                                                self.n_video, seed + 1)))
+        frames = lambda i: batch[i]["frames"]  # noqa: E731
+        r1 = self._turn(range(len(batch)), lambda i: self.g.prior_template.format(
+            answer=batch[i]["answer"], question=batch[i]["prompt"]), frames, self.winner_sampler, self.n_video,
+            seed, results)
+        winners = self._turn(sorted(r1), lambda i: self.g.reflection_template.format(
+            first_turn=r1[i], answer=batch[i]["answer"], question=batch[i]["prompt"]), frames,
+            self.winner_sampler, self.n_video, seed + 1, results)
         augmented, params = {}, {}
-        for i in live:
+        for i in sorted(winners):
             it = batch[i]
             augmented[i], params[i] = augment_lib.augment_video(
                 it["frames"], self.g.augment, seed=augment_lib.record_seed(int(self.g.augment.seed), it["id"]))
-        plain = {}
-        for i in live:
-            try:
-                plain[i] = self._prompt(batch[i]["prompt"], self.n_loser)
-            except RecordFailed as e:
-                results[i] = e
-        live = sorted(plain)
-        if not live:
-            return results
-        loser_videos = self._video_batch([augmented[i] for i in live])
-        losers = dict(zip(live, self._generate(self.loser_sampler, [plain[i] for i in live], loser_videos,
-                                               self.n_loser, seed + 2)))
+        losers = self._turn(sorted(winners), lambda i: batch[i]["prompt"], lambda i: augmented[i],
+                            self.loser_sampler, self.n_loser, seed + 2, results)
+        live = sorted(losers)
         for i in list(live):
             empty = [side for side, text in (("chosen", winners[i]), ("rejected", losers[i])) if not text]
             if empty:  # the training reader would skip it: report it here instead
