@@ -9,17 +9,16 @@ Video i's attributes come from `np.random.default_rng((seed, i))`, so a bigger `
 smaller one; question kinds cycle count -> colour -> direction -> shape.
 
 Writes, with `video` paths relative to DIR (the pipeline's video_root):
-  DIR/videos/shapes-000000.mp4            libx264, yuv420p, crf 15, 1 encoder thread
+  DIR/videos/shapes-000000.mp4            libx264, yuv420p, crf 15, 1 thread, mbtree=0
   DIR/triplets.jsonl  {id, video, prompt, answer, attributes}
   DIR/pairs.jsonl     {id, video, prompt, chosen, rejected, attributes}
 `chosen` is the templated ground-truth answer; `rejected` is the same sentence with the asked
 attribute's word replaced by a wrong value (exactly one word differs). `attributes` (extra,
 ignored by the record reader) holds the ground truth: shape, colour, direction, count, question.
 
-Determinism: same seed and arguments -> byte-identical JSONL and identical drawn frames. The mp4
-bytes are normally identical too (one x264 thread, no creation time), but under CPU load the
-first video written after other decoding work was seen to encode differently (same size, other
-IDR bits; cause not found), so only the drawn frames are guaranteed bit for bit.
+Determinism: same seed and arguments -> byte-identical JSONL and mp4 files, in any process
+(one x264 thread, no creation time, mbtree off: see `write_mp4`), so two training runs on
+"the same" generated corpus see the same pixels.
 """
 
 from __future__ import annotations
@@ -125,8 +124,10 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, crf: int = 15, gop
               faststart: bool = False) -> None:
     """Writes uint8 [T, H, W, 3] (H, W even) as H.264 (libx264, yuv420p) in mp4 with PyAV.
 
-    One encoder thread keeps the bytes independent of the machine's core count. `gop` sets the
-    keyframe interval (x264's default is 250); `faststart` puts the index (moov) first.
+    Same frames, same bytes, in any process: one encoder thread (independent of the core
+    count), the rgb24 -> yuv420p conversion single-threaded, and x264's macroblock-tree rate
+    control off. `gop` sets the keyframe interval (x264's default is 250); `faststart` puts the
+    index (moov) first.
     """
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
@@ -135,9 +136,16 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, crf: int = 15, gop
     with av.open(path, "w", format="mp4", options=options) as container:
         stream = container.add_stream("libx264", rate=int(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": str(crf), "threads": "1", **({"g": str(gop)} if gop else {})}
+        # mbtree=0: with it (x264's default) the same frames encoded to different bytes in about
+        # one fresh process in three (measured on 16 videos x 10 processes; mbtree=0 or
+        # bframes=0: 20 of 20 identical), so two runs "on the same generated data" trained on
+        # different pixels and could not be compared. B-frames stay (readers must reorder).
+        stream.options = {"crf": str(crf), "threads": "1", "x264-params": "mbtree=0",
+                          **({"g": str(gop)} if gop else {})}
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            # Converted here on one swscale thread rather than on the encoder's automatic threads.
+            rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            container.mux(stream.encode(rgb.reformat(format="yuv420p", threads=1)))
         container.mux(stream.encode())
 
 
