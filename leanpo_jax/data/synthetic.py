@@ -32,6 +32,8 @@ from typing import Dict, Optional
 import av
 import numpy as np
 
+from leanpo_jax.data.video import swscale_one_thread
+
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # far apart in YUV so 4:2:0 chroma subsampling keeps them distinct
     "red": (230, 40, 40), "green": (40, 200, 70), "blue": (40, 90, 240),
@@ -145,7 +147,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: int = 8, *, crf: int = 15, gop
         for frame in frames:
             # Converted here on one swscale thread rather than on the encoder's automatic threads.
             rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            container.mux(stream.encode(rgb.reformat(format="yuv420p", threads=1)))
+            container.mux(stream.encode(rgb.reformat(format="yuv420p", **swscale_one_thread())))
         container.mux(stream.encode())
 
 

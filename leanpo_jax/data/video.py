@@ -211,6 +211,14 @@ def _stream_fps(stream, pts: Optional[list], n: int) -> float:
     return 1.0
 
 
+def swscale_one_thread(pyav_version: Optional[str] = None) -> dict:
+    """Keyword arguments that make PyAV's `reformat` / `to_ndarray` convert on one swscale
+    thread: {"threads": 1} from PyAV 17 (which added threaded conversion, automatic by
+    default), {} before (always one thread). `pyav_version` defaults to the installed one."""
+    version = pyav_version or _av().__version__
+    return {"threads": 1} if int(version.split(".")[0]) >= 17 else {}
+
+
 def _av():
     # Imported on first decode, not at import: the train step uses normalize_frames from this
     # module and must run where PyAV is absent (the GPU image).
@@ -281,10 +289,10 @@ def _read_file(path, num_frames, image_size, fps_sampling, max_frames):
 def _convert(frame, image_size: int) -> np.ndarray:
     # rgb24 via swscale (as imageio and LLaVA's readers), then PIL bicubic only if the size
     # differs. (frame.to_image() gives the same pixels but measured several times slower.)
-    # One swscale thread: the same pixels as automatic threading, reproducible whatever the
-    # scheduling (the encoder's threaded conversion was not), and faster here (0.67 vs 0.85-2.0
-    # ms per 720p frame on 2 cores) since grain's read threads already run records in parallel.
-    rgb = frame.to_ndarray(format="rgb24", threads=1)
+    # One swscale thread: the same pixels as automatic threading, independent of scheduling,
+    # and faster here (0.67 vs 0.85-2.0 ms per 720p frame on 2 cores) since grain's read
+    # threads already run records in parallel.
+    rgb = frame.to_ndarray(format="rgb24", **swscale_one_thread())
     if rgb.shape[:2] == (image_size, image_size):
         return rgb
     return _resize_image(Image.fromarray(rgb), image_size)

@@ -281,3 +281,9 @@ def test_bad_videos_give_their_reason(media, tmp_path):
         e = err.value
         assert e.reason == reason, (name, e)
         assert e.detail and path in str(e) and "Fix:" in str(e), str(e)
+
+
+@pytest.mark.parametrize("version, expected", [("18.1.0", {"threads": 1}), ("17.0.0", {"threads": 1}),
+                                               ("16.0.1", {}), ("12.3.0", {})])
+def test_one_swscale_thread_only_where_pyav_has_threaded_conversion(version, expected):
+    assert video.swscale_one_thread(version) == expected
