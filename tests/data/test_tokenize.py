@@ -40,6 +40,26 @@ def test_default_tokenizer_folder_and_missing_folder(tmp_path):
         T.load_tokenizer(str(tmp_path))
 
 
+def test_saved_tokenizer_files_load_in_transformers_and_encode_the_same(tmp_path):
+    from transformers import AutoTokenizer
+
+    written = T.save_tokenizer_files("", str(tmp_path / "default"))
+    assert written[0] == "tokenizer.json" and "tokenizer_config.json" in written
+    for name in written:
+        with open(os.path.join(T.default_tokenizer_dir(), name), "rb") as a, \
+                open(tmp_path / "default" / name, "rb") as b:
+            assert a.read() == b.read(), name
+    text = "<|im_start|>user\nWhat colour are the shapes?<|im_end|>"
+    loaded = AutoTokenizer.from_pretrained(str(tmp_path / "default"))
+    assert loaded(text)["input_ids"] == T.load_tokenizer("").encode(text).ids
+    # A path to the tokenizer.json itself works too.
+    bare = T.save_tokenizer_files(os.path.join(str(tmp_path / "default"), "tokenizer.json"),
+                                  str(tmp_path / "bare"))
+    assert bare[0] == "tokenizer.json"
+    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+        T.save_tokenizer_files(str(tmp_path / "nowhere"), str(tmp_path / "out"))
+
+
 def test_sample_conversation_equals_hand_built_ids(chat, raw):
     assert CONFIG.video_token_index == 151647 and N == 17
     q = "What shape moves left?"

@@ -77,6 +77,10 @@ def test_cli_run_writes_every_artifact_and_learns(full_run):
     from leanpo_jax.models.hf_io import load_hf
     from flax import nnx
 
+    # The export is a complete HF folder: weights, config and the training tokenizer.
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(
+        os.listdir(os.path.join(workdir, "hf")))
+
     exported = nnx.state(load_hf(os.path.join(workdir, "hf")), nnx.Param)
     final, first = saved_arrays(workdir, 20), saved_arrays(workdir, 2)
     exported = {jax.tree_util.keystr(p): np.asarray(v)
