@@ -67,10 +67,7 @@ def sample_attributes(seed: int, index: int) -> Dict:
     attrs = {"shape": SHAPES[rng.integers(len(SHAPES))], "colour": tuple(COLOURS)[rng.integers(len(COLOURS))],
              "direction": DIRECTIONS[rng.integers(len(DIRECTIONS))], "count": int(rng.integers(1, 5)),
              "question": QUESTION_KINDS[index % len(QUESTION_KINDS)]}
-    kind = attrs["question"]
-    truth = attribute_word(attrs, kind)
-    wrong = [v for v in VALUES[kind] if v != truth]
-    attrs["wrong"] = wrong[rng.integers(len(wrong))]
+    attrs["wrong"] = wrong_value(attrs, attrs["question"], rng)
     attrs["jitter"] = rng.random(attrs["count"]).round(4).tolist()
     attrs["start"] = rng.random(attrs["count"]).round(4).tolist()
     return attrs
@@ -79,6 +76,12 @@ def sample_attributes(seed: int, index: int) -> Dict:
 def attribute_word(attrs: Dict, kind: str) -> str:
     """The answer word for `kind` (count as "one".."four", else the attribute itself)."""
     return COUNTS[attrs["count"] - 1] if kind == "count" else attrs[kind]
+
+
+def wrong_value(attrs: Dict, kind: str, rng: np.random.Generator) -> str:
+    """A value of `kind` other than the video's, drawn uniformly with one `rng` draw."""
+    wrong = [v for v in VALUES[kind] if v != attribute_word(attrs, kind)]
+    return wrong[rng.integers(len(wrong))]
 
 
 def answer(attrs: Dict, **override) -> str:

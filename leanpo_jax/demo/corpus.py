@@ -60,11 +60,6 @@ def answer(attrs: Dict, kind: str, value: str = "") -> str:
     return ANSWERS[kind].format(**{kind: value or synthetic.attribute_word(attrs, kind)})
 
 
-def wrong_value(attrs: Dict, kind: str, rng: np.random.Generator) -> str:
-    wrong = [v for v in synthetic.VALUES[kind] if v != synthetic.attribute_word(attrs, kind)]
-    return wrong[rng.integers(len(wrong))]
-
-
 def _write(path: str, rows: List[Dict]) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -102,7 +97,7 @@ def build_corpus(workdir: str, *, train: int, heldout: int, generation: int, see
                     "prompt": PRIOR_TEMPLATE.format(answer=r["answer"], question=r["prompt"])})
         r = rows[(i + 1) % len(KINDS)]
         kind = r["attributes"]["question"]
-        first = r["answer"] if rng.random() < 0.5 else answer(attrs, kind, wrong_value(attrs, kind, rng))
+        first = r["answer"] if rng.random() < 0.5 else answer(attrs, kind, synthetic.wrong_value(attrs, kind, rng))
         firsts.append(first)
         sft.append({"id": r["id"] + "-reflect", "video": r["video"], "answer": r["answer"],
                     "prompt": REFLECTION_TEMPLATE.format(first_turn=first, answer=r["answer"], question=r["prompt"])})
