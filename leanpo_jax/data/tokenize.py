@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -86,8 +87,7 @@ def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) 
     written = []
     for name, src in [(TOKENIZER_FILE, source)] + [(n, os.path.join(folder, n)) for n in TOKENIZER_SIDE_FILES]:
         if os.path.isfile(src):
-            with open(src, "rb") as f_in, open(os.path.join(out_dir, name), "wb") as f_out:
-                f_out.write(f_in.read())
+            shutil.copyfile(src, os.path.join(out_dir, name))
             written.append(name)
     return written
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import os
 import re
 from typing import Optional, Sequence, Tuple, Union
@@ -211,6 +212,7 @@ def _stream_fps(stream, pts: Optional[list], n: int) -> float:
     return 1.0
 
 
+@functools.lru_cache(maxsize=None)  # called per decoded / encoded frame
 def swscale_one_thread(pyav_version: Optional[str] = None) -> dict:
     """Keyword arguments that make PyAV's `reformat` / `to_ndarray` convert on one swscale
     thread: {"threads": 1} from PyAV 17 (which added threaded conversion, automatic by

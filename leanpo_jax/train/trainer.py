@@ -254,7 +254,7 @@ class Trainer:
             save_hf(model, out)
             # The training tokenizer beside the weights: the folder is a complete model for
             # transformers (AutoTokenizer) and as data.tokenizer for generation here.
-            save_tokenizer_files(self.train_data.tokenizer or None, out)
+            save_tokenizer_files(self.train_data.tokenizer, out)
         return out
 
     # ----------------------------------------------------------------------------- the loop
