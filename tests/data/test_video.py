@@ -287,3 +287,45 @@ def test_bad_videos_give_their_reason(media, tmp_path):
                                                ("16.0.1", {}), ("12.3.0", {})])
 def test_one_swscale_thread_only_where_pyav_has_threaded_conversion(version, expected):
     assert video.swscale_one_thread(version) == expected
+
+
+def test_webp_reads_through_imageio(tmp_path, monkeypatch):
+    """WebP (FFmpeg's decoder has no animation support) goes through imageio's pillow plugin:
+    every frame exact for a lossless animation, fps from the frame durations, partial reads and
+    fps sampling as for other files; a broken WebP is UNREADABLE_VIDEO."""
+    from PIL import features  # pylint: disable=import-outside-toplevel
+    if not features.check("webp"):
+        pytest.skip("this Pillow has no WebP support")
+    clip = _clip(10)
+    path = str(tmp_path / "anim.webp")
+    durations = [100, 150] * 5  # 1.25 s: 8 fps on average
+    frames = [Image.fromarray(f) for f in clip]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=durations, loop=0, lossless=True)
+
+    def no_pyav(*args, **kwargs):
+        raise AssertionError("a WebP must not reach the PyAV reader")
+
+    monkeypatch.setattr(video, "_read_file", no_pyav)
+    full, info = video.read_video(path, 10, image_size=(H, W))
+    assert (info.num_source_frames, info.fps, info.duration_s, info.repeated) == (10, 8.0, 1.25, False)
+    np.testing.assert_array_equal(full, clip)  # lossless, and H x W is the native size
+    some, info = video.read_video(path, 4, image_size=32, resize="shortest_edge_crop")
+    np.testing.assert_array_equal(info.indices, video.uniform_indices(10, 4))
+    np.testing.assert_array_equal(some, video.resize_frames(clip[info.indices], 32, "shortest_edge_crop"))
+    sampled, info = video.read_video(path, 6, image_size=W, fps_sampling=2.0)  # every 4th frame
+    np.testing.assert_array_equal(np.unique(info.indices), [0, 4, 8])
+    np.testing.assert_array_equal(sampled, video.resize_frames(clip[info.indices], W))
+    # The signature decides, not the extension; a still WebP is one frame at folder_fps.
+    still = str(tmp_path / "still.bin")
+    frames[3].save(still, format="WEBP", lossless=True)
+    one, info = video.read_video(still, 2, image_size=(H, W), folder_fps=5.0)
+    assert info.num_source_frames == 1 and info.fps == 5.0 and info.repeated
+    np.testing.assert_array_equal(one, clip[[3, 3]])
+    with open(path, "rb") as f:
+        data = f.read()
+    broken = tmp_path / "broken.webp"
+    broken.write_bytes(data[: len(data) // 2])
+    monkeypatch.undo()  # a WebP Pillow cannot open goes on to PyAV, which fails too
+    with pytest.raises(video.VideoError) as err:
+        video.read_video(str(broken), 4, image_size=32)
+    assert err.value.reason == records.UNREADABLE_VIDEO and str(broken) in str(err.value)
