@@ -28,7 +28,7 @@ def test_tiny_loss_block_has_the_paper_defaults_of_leanpo_loss():
 
 import pytest  # noqa: E402
 
-from leanpo_jax.models.config import get_preset  # noqa: E402
+from leanpo_jax.models import get_preset  # noqa: E402
 from leanpo_jax.train import config as config_lib  # noqa: E402
 
 

@@ -35,18 +35,19 @@ def run_data(shape: DataShape, workdir: str = "") -> list:
     from leanpo_jax.data import synthetic
     from leanpo_jax.data.config import data_config
     from leanpo_jax.data.pipeline import DataPipeline
-    from leanpo_jax.models.config import get_preset
+    from leanpo_jax.models import resolve_model
 
-    size = get_preset(shape.preset).vision.image_size
+    interface = resolve_model(shape.preset).interface()
+    size = max(interface.frames.size)
     with tempfile.TemporaryDirectory(dir=workdir or None) as tmp:
         info = synthetic.generate(os.path.join(tmp, "corpus"), shape.videos, seed=0,
                                   num_frames_video=shape.video_frames, size=size + size % 2)
         data = data_config()
-        data.pairs, data.model_preset, data.num_frames = info["pairs"], shape.preset, shape.num_frames
+        data.pairs, data.num_frames = info["pairs"], shape.num_frames
         data.batch_size, data.num_workers = shape.batch, shape.workers
         data.num_epochs = -(-(shape.batches + 1) * shape.batch // shape.videos)
         records = 0
-        with DataPipeline(data, train=True, workdir=tmp) as pipe:
+        with DataPipeline(data, model=interface, train=True, workdir=tmp) as pipe:
             it = iter(pipe)
             t = time.perf_counter()
             next(it)

@@ -39,8 +39,7 @@ def run_generate(shape: GenerateShape, *, dtype: str, attention, steps: int, war
     from leanpo_jax.bench.shapes import model_config
     from leanpo_jax.bench.step_bench import token_id_limit
     from leanpo_jax.generate.sampler import Sampler, SamplingConfig
-    from leanpo_jax.models.config import num_video_tokens
-    from leanpo_jax.models.video_llm import build_model
+    from leanpo_jax.models import build_model, num_video_tokens
 
     config = model_config(shape.model).replace(dtype=dtype, attention_impl=resolve_attention(attention))
     model = build_model(config, seed=0)

@@ -1,4 +1,4 @@
-"""The benchmark shapes: LLM-only and video-pair train steps (shared/perf.md), full and tiny.
+"""The benchmark shapes: LLM-only and video-pair train steps (docs/performance.md), full and tiny.
 
 Token accounting follows the PyTorch peer: a pair is two sequences of `seq` tokens
 (prompt + response), so tokens per step = 2 · pairs · seq for both layouts; the shared layout,
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List
 
-from leanpo_jax.models.config import TextConfig, VideoLLMConfig, get_preset, num_video_tokens
+from leanpo_jax.models import TextConfig, VideoLLMConfig, get_preset, num_video_tokens
 
 _QWEN = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, attention_bias=True)
 TEXT_MODELS = {

@@ -16,6 +16,8 @@ import numpy as np
 
 from leanpo_jax.bench.shapes import StepShape
 from leanpo_jax.bench.timing import median_time, peak_bytes, resolve_attention
+from leanpo_jax.data.batch import make_batch
+from leanpo_jax.models import num_video_tokens
 from leanpo_jax.train import flops as flops_lib
 
 
@@ -29,12 +31,12 @@ def token_id_limit(config) -> int:
 
 
 def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
-    """The train step's batch (leanpo_jax.train.step docstring) for `shape`, full masks."""
+    """The train step's batch (leanpo_jax.data.batch) for `shape`, full masks."""
     rng = np.random.default_rng(seed)
     pairs, p, r = shape.pairs, shape.prompt_len(), shape.response
     high = token_id_limit(config)
     prompt = rng.integers(1, high, (pairs, p), dtype=np.int32)
-    batch = dict(
+    fields = dict(
         prompt_ids=prompt,
         prompt_mask=np.ones((pairs, p), np.int32),
         prompt_lengths=np.full((pairs,), p, np.int32),
@@ -45,19 +47,17 @@ def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
         pair_weight=np.ones((pairs,), np.float32),
     )
     if shape.is_video:
-        from leanpo_jax.models.config import num_video_tokens
-
         n = num_video_tokens(config, shape.frames)
         start = min(10, shape.prompt_text)  # like a chat template: a few text tokens first
         prompt[:, start:start + n] = config.video_token_index
         s = config.vision.image_size
-        batch["frames"] = rng.integers(0, 256, (pairs, shape.frames, s, s, 3), dtype=np.uint8)
-    return batch
+        fields["frames"] = rng.integers(0, 256, (pairs, shape.frames, s, s, 3), dtype=np.uint8)
+    return make_batch("pairs", **fields)
 
 
 def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int, warmup: int) -> dict:
     """Times `steps` train steps (median) -> a result row (see leanpo_jax.bench.__main__)."""
-    from leanpo_jax.models.video_llm import build_model
+    from leanpo_jax.models import build_model
     from leanpo_jax.train.state import init_state
     from leanpo_jax.train.step import make_train_step
 

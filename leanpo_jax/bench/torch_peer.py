@@ -35,7 +35,7 @@ def _hf_model(config, device, dtype, hf_dir: str = ""):
     import torch
     import transformers
 
-    from leanpo_jax.models.hf_config import hf_config_dict
+    from leanpo_jax.models.llava_onevision.hf_config import hf_config_dict
 
     d = hf_config_dict(config)
     d.pop("leanpo_jax", None)

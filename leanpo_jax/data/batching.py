@@ -1,6 +1,7 @@
 """Records -> examples -> one host's static-shape batch of a step (the per-step map).
 
-`resolve_spec` turns the `data` config into the static shapes (P, the response buckets, B),
+`resolve_spec` turns the `data` config and the model's `contract.ModelInterface` into the
+static shapes (P, the response buckets, B) and the frame policy,
 `ExampleMaker` decodes and tokenises one record (or returns its in-band BadRecord),
 `StepMaker` forms a host's batch of global step k, choosing R over the whole global window.
 `DataPipeline` (pipeline.py) drives them through grain; batch fields: pipeline.py's docstring.
@@ -11,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import ml_collections
 import numpy as np
@@ -19,9 +20,9 @@ import numpy as np
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import tokenize as tokenize_lib
 from leanpo_jax.data import video as video_lib
+from leanpo_jax.data.batch import PAD_ID, make_batch, response_names
+from leanpo_jax.data.contract import FramePolicy, ModelInterface
 
-# Id written into padded positions (masked out everywhere; any embedding row but the placeholder).
-PAD_ID = 0
 KINDS = ("pairs", "triplets")
 
 
@@ -32,12 +33,14 @@ class BatchSpec:
     kind: str
     batch_size: int
     num_frames: int
-    image_size: int
+    frames: Optional[FramePolicy]  # None: a text-only model (no frames decoded or batched)
     num_video_tokens: int
-    video_token_index: int
+    video_token_index: Optional[int]
     max_prompt_text_tokens: int
     response_buckets: tuple
     max_response_tokens: int
+    positions_fn: Optional[Callable] = None  # the family's prompt position table, if any
+    position_axes: int = 0  # 0: no table; 1: prompt_positions [B, P]; A > 1: [B, A, P]
 
     @property
     def prompt_len(self) -> int:
@@ -48,18 +51,13 @@ class BatchSpec:
         return next(r for r in self.response_buckets if length <= r)
 
 
-def _preset(name: str):
-    # Imported here: leanpo_jax.models pulls in jax/flax, which grain workers do not need.
-    from leanpo_jax.models.config import get_preset  # pylint: disable=import-outside-toplevel
-    return get_preset(name)
-
-
 def config_error(key: str, value, rule: str):
     raise ValueError(f"config data.{key}={value!r}: {rule}")
 
 
-def resolve_spec(data: ml_collections.ConfigDict) -> BatchSpec:
-    """Validates the data config's ranges and returns the batch shapes it implies."""
+def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> BatchSpec:
+    """Validates the data config's ranges and returns the batch shapes it implies for `model`
+    (its frame policy and video-token count)."""
     if data.kind not in KINDS:
         config_error("kind", data.kind, f"expected one of {KINDS}")
     if data.padding_side != "right":
@@ -77,21 +75,25 @@ def resolve_spec(data: ml_collections.ConfigDict) -> BatchSpec:
     if int(data.max_response_tokens) > buckets[-1]:
         config_error("max_response_tokens", data.max_response_tokens,
               f"must be <= the largest response bucket {buckets[-1]}")
-    from leanpo_jax.models.config import num_video_tokens  # pylint: disable=import-outside-toplevel
-    model = _preset(data.model_preset)
+    if model.has_video:
+        model.frames.check_frames(int(data.num_frames))
+    axes = 0
+    if model.positions_fn is not None:  # its shape on a one-token prompt: [1] or [A, 1]
+        probe = np.asarray(model.positions_fn(np.zeros(1, np.int32)))
+        axes = 1 if probe.ndim == 1 else int(probe.shape[0])
     return BatchSpec(
         kind=data.kind, batch_size=int(data.batch_size), num_frames=int(data.num_frames),
-        image_size=model.vision.image_size,
-        num_video_tokens=num_video_tokens(model, int(data.num_frames)),
+        frames=model.frames, num_video_tokens=model.video_tokens(int(data.num_frames)),
         video_token_index=model.video_token_index,
         max_prompt_text_tokens=int(data.max_prompt_text_tokens), response_buckets=buckets,
-        max_response_tokens=int(data.max_response_tokens),
+        max_response_tokens=int(data.max_response_tokens), positions_fn=model.positions_fn,
+        position_axes=axes,
     )
 
 
-def make_tokenizer(data: ml_collections.ConfigDict) -> tokenize_lib.ChatTokenizer:
-    """The ChatTokenizer of the data config (its model preset's vocab and placeholder id)."""
-    return tokenize_lib.ChatTokenizer.from_config(_preset(data.model_preset), data.tokenizer or None)
+def make_tokenizer(data: ml_collections.ConfigDict, model: ModelInterface) -> tokenize_lib.ChatTokenizer:
+    """The model's ChatTokenizer: data.tokenizer when set, else the model's own tokenizer."""
+    return tokenize_lib.ChatTokenizer.for_model(model, data.tokenizer or None)
 
 
 def resolve_video_root(data: ml_collections.ConfigDict) -> str:
@@ -117,19 +119,25 @@ class ExampleMaker:
             return record
         s = self.spec
         try:
-            return self.tokenizer.encode_record(
+            encoded = self.tokenizer.encode_record(
                 record, num_video_tokens=s.num_video_tokens,
                 max_prompt_text_tokens=s.max_prompt_text_tokens, max_response_tokens=s.max_response_tokens)
         except records_lib.RecordError as e:
             return e.bad
+        if s.positions_fn is not None:
+            encoded["prompt_positions"] = np.asarray(s.positions_fn(encoded["prompt_ids"]), np.int32)
+        return encoded
 
     def with_frames(self, record, encoded) -> Union[dict, records_lib.BadRecord]:
-        """`encoded` plus "frames" uint8 [F, S, S, 3] decoded from the record's video."""
-        if isinstance(encoded, records_lib.BadRecord):
+        """`encoded` plus "frames" uint8 [F, H, W, 3] decoded from the record's video (video
+        models only)."""
+        if isinstance(encoded, records_lib.BadRecord) or self.spec.frames is None:
             return encoded
         path = os.path.join(self.video_root, record.video)
+        policy = self.spec.frames
         try:
-            frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=self.spec.image_size)
+            frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=policy.size,
+                                             resize=policy.resize)
         except video_lib.VideoError as e:
             return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
         return {**encoded, "frames": frames}
@@ -145,23 +153,22 @@ def response_length(encoded) -> int:
     return max(int(v.shape[0]) for k, v in encoded.items() if k.endswith("_ids") and k != "prompt_ids")
 
 
-def response_names(kind: str) -> tuple:
-    return ("chosen", "rejected") if kind == "pairs" else ("answer",)
-
-
 def empty_batch(spec: BatchSpec, r: int) -> dict:
     """An all-padding batch with response bucket `r`: the exact shapes and dtypes of a batch
     (also handy to compile every (P, R) bucket ahead of time). Weights 0, masks 0."""
     b, p = spec.batch_size, spec.prompt_len
-    batch = {"frames": np.zeros((b, spec.num_frames, spec.image_size, spec.image_size, 3), np.uint8),
-             "prompt_ids": np.full((b, p), PAD_ID, np.int32), "prompt_mask": np.zeros((b, p), np.int32),
-             "prompt_lengths": np.zeros((b,), np.int32)}
+    fields = {"prompt_ids": np.full((b, p), PAD_ID, np.int32), "prompt_mask": np.zeros((b, p), np.int32),
+              "prompt_lengths": np.zeros((b,), np.int32), "pair_weight": np.zeros((b,), np.float32),
+              "record_index": np.full((b,), -1, np.int32)}
+    if spec.frames is not None:
+        fields["frames"] = np.zeros((b, spec.num_frames, *spec.frames.size, 3), np.uint8)
+    if spec.position_axes:
+        axes = () if spec.position_axes == 1 else (spec.position_axes,)
+        fields["prompt_positions"] = np.zeros((b, *axes, p), np.int32)
     for n in response_names(spec.kind):
-        batch[f"{n}_ids"] = np.full((b, r), PAD_ID, np.int32)
-        batch[f"{n}_mask"] = np.zeros((b, r), np.int32)
-    batch["pair_weight"] = np.zeros((b,), np.float32)
-    batch["record_index"] = np.full((b,), -1, np.int32)
-    return batch
+        fields[f"{n}_ids"] = np.full((b, r), PAD_ID, np.int32)
+        fields[f"{n}_mask"] = np.zeros((b, r), np.int32)
+    return make_batch(spec.kind, **fields)
 
 
 class StepMaker:
@@ -231,6 +238,8 @@ def _fill_row(batch: dict, row: int, example: dict, names: tuple) -> None:
     batch["prompt_lengths"][row] = prompt.shape[0]
     if "frames" in example:
         batch["frames"][row] = example["frames"]
+    if "prompt_positions" in example:
+        batch["prompt_positions"][row, ..., : prompt.shape[0]] = example["prompt_positions"]
     for n in names:
         ids = example[f"{n}_ids"]
         batch[f"{n}_ids"][row, : ids.shape[0]] = ids

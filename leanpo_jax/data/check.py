@@ -11,9 +11,11 @@ output is a human summary whose LAST stdout line is JSON:
     {"records": N, "ok": n, "skipped": {"reason": count, ...}}
 
 where N counts the non-blank lines of the file (a malformed line counts) and
-ok + sum(skipped) == N. Without --config the built-in defaults (the tiny preset, 4 frames,
-the default Qwen tokenizer: leanpo_jax.data.config, configs/tiny.py's data block) are used,
-from any directory.
+ok + sum(skipped) == N. The config's model (`model.preset`, or the checkpoint at
+`model.init_from`) decides frame size, video-token count, template and tokenizer, exactly as
+in training. Without --config the built-in defaults (the tiny preset, 4 frames, its default
+Qwen tokenizer: leanpo_jax.data.config, configs/tiny.py's data block) are used, from any
+directory; `--init-from DIR` checks against a checkpoint instead.
 Exit status: 0 (also with skipped records, unless --strict: then 1), 2 for a usage error.
 """
 
@@ -27,13 +29,18 @@ import sys
 import time
 from typing import Optional, Sequence
 
+import jax
 import ml_collections
 
 from leanpo_jax.data.config import data_config as default_data_config
+from leanpo_jax.data.contract import ModelInterface
+from leanpo_jax.models.runtime import data_interface, model_source
+
+DEFAULT_PRESET = "tiny"
 
 
-def load_data_config(path: str) -> ml_collections.ConfigDict:
-    """The `data` block of an ml_collections config file (a module with get_config())."""
+def load_config(path: str) -> ml_collections.ConfigDict:
+    """An ml_collections config file (a module with get_config()) with a `data` block."""
     spec = importlib.util.spec_from_file_location("leanpo_check_config", path)
     if spec is None or not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
@@ -42,12 +49,27 @@ def load_data_config(path: str) -> ml_collections.ConfigDict:
     config = module.get_config()
     if "data" not in config:
         raise ValueError(f"config {path} has no `data` block (see configs/tiny.py data_config())")
-    return config.data
+    return config
 
 
-def check(data: ml_collections.ConfigDict, *, skipped_out: Optional[str] = None, log=print) -> dict:
-    """Reads every record of data.pairs; returns {"records", "ok", "skipped"} (plus details
-    under "stats"). `skipped_out` receives one JSON line per skipped record (overwritten)."""
+def model_interface(config: Optional[ml_collections.ConfigDict], data: ml_collections.ConfigDict,
+                    init_from: str = "") -> ModelInterface:
+    """The data interface of the config's model block (default: the tiny preset), or of the
+    checkpoint `init_from` when given."""
+    block = ml_collections.ConfigDict({"preset": DEFAULT_PRESET, "init_from": "", "dtype": "auto",
+                                       "attention_impl": "auto", "remat": False, "vocab_size": 0})
+    if config is not None and "model" in config:
+        block.update(config.model.to_dict())
+    if init_from:
+        block.init_from = init_from
+    return data_interface(model_source(block, jax.devices()[0].platform), data)
+
+
+def check(data: ml_collections.ConfigDict, model: ModelInterface, *, skipped_out: Optional[str] = None,
+          log=print) -> dict:
+    """Reads every record of data.pairs as `model` (its data interface) sees them; returns
+    {"records", "ok", "skipped"} (plus details under "stats"). `skipped_out` receives one JSON
+    line per skipped record (overwritten)."""
     from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
     data = ml_collections.ConfigDict(data.to_dict())
@@ -55,14 +77,15 @@ def check(data: ml_collections.ConfigDict, *, skipped_out: Optional[str] = None,
     if skipped_out and os.path.exists(skipped_out):
         os.remove(skipped_out)  # the pipeline appends
     start = time.perf_counter()
-    with pipeline.DataPipeline(data, train=False, process_index=0, process_count=1,
+    with pipeline.DataPipeline(data, model=model, train=False, process_index=0, process_count=1,
                                skipped_path=skipped_out or None) as pipe:
         spec = pipe.spec
         log(f"checking {os.path.abspath(data.pairs)} ({data.kind}, {len(pipe.source)} records; "
             f"videos under {pipeline.resolve_video_root(data)})")
-        log(f"  model preset {data.model_preset}: {spec.num_frames} frames of {spec.image_size}x"
-            f"{spec.image_size}, prompt length P={spec.prompt_len} ({spec.num_video_tokens} video + "
-            f"{spec.max_prompt_text_tokens} text tokens), response buckets {spec.response_buckets}")
+        size = "no video" if spec.frames is None else "{}x{}".format(*spec.frames.size)
+        log(f"  model {model.source} ({model.family}): {spec.num_frames} frames of {size}, prompt length "
+            f"P={spec.prompt_len} ({spec.num_video_tokens} video + {spec.max_prompt_text_tokens} text "
+            f"tokens), response buckets {spec.response_buckets}; tokenizer {pipe.tokenizer.where}")
         response_key = "chosen_ids" if data.kind == "pairs" else "answer_ids"
         buckets = {}
         for batch in pipe:
@@ -97,7 +120,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", required=True, help="JSONL file of records (pairs or triplets)")
     p.add_argument("--video-root", default="", help="folder the `video` paths are relative to "
                    "(default: the JSONL file's folder)")
-    p.add_argument("--config", default="", help="config file with a `data` block (default: built-in tiny)")
+    p.add_argument("--config", default="", help="config file with `data` (and `model`) blocks "
+                   "(default: built-in tiny)")
+    p.add_argument("--init-from", default="", help="check against this HF checkpoint folder (its "
+                   "frames, template and tokenizer) instead of the config's model")
     p.add_argument("--skipped-out", default="", help="write one JSON line per skipped record here")
     p.add_argument("--kind", choices=("pairs", "triplets"), default=None, help="override data.kind")
     p.add_argument("--num-workers", type=int, default=None, help="override data.num_workers")
@@ -114,10 +140,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
 
     try:
-        data = load_data_config(args.config) if args.config else default_data_config()
+        config = load_config(args.config) if args.config else None
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    data = config.data if config is not None else default_data_config()
     if not os.path.isfile(args.pairs):
         print(f"error: --pairs {args.pairs!r} is not a file", file=sys.stderr)
         return 2
@@ -127,7 +154,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data.kind = args.kind
     if args.num_workers is not None:
         data.num_workers = args.num_workers
-    result = check(data, skipped_out=args.skipped_out)
+    try:
+        model = model_interface(config, data, args.init_from)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    result = check(data, model, skipped_out=args.skipped_out)
     sys.stdout.flush()
     print(json.dumps({k: result[k] for k in ("records", "ok", "skipped")}), flush=True)
     return 1 if args.strict and result["skipped"] else 0

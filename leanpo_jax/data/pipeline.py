@@ -1,17 +1,20 @@
 """Grain pipeline: JSONL records -> decoded frames + chat-template ids -> static-shape batches.
 
-    pipe = DataPipeline(config.data, train=True, workdir=workdir)
+    pipe = DataPipeline(config.data, model=interface, train=True, workdir=workdir)
     for batch in pipe: ...                       # dict of numpy arrays, shapes below
     state = pipe.get_state()                     # JSON-serialisable, saved with the checkpoint
-    DataPipeline(config.data, train=True, workdir=workdir).set_state(state)   # exact resume
+    DataPipeline(config.data, model=interface, train=True, workdir=workdir).set_state(state)
 
-Batch (B = data.batch_size per host, F frames of S x S, N = num_video_tokens(F)):
-    frames          uint8 [B, F, S, S, 3]    (normalised inside the train step)
+`interface` is the model's `contract.ModelInterface` (`leanpo_jax.models.resolve_model(...)
+.interface()`): the frame policy, video-token count, template and tokenizer come from it.
+Batch (data/batch.py; B = data.batch_size per host, F frames of H x W, N = video tokens(F)):
+    frames          uint8 [B, F, H, W, 3]    (video models; normalised inside the train step)
     prompt_ids      int32 [B, P]             P = N + max_prompt_text_tokens, one static value
     prompt_mask     int32 [B, P]             RIGHT padding: ones then zeros
     prompt_lengths  int32 [B]                responses start at this position in each row
     chosen_ids / chosen_mask, rejected_ids / rejected_mask   int32 [B, R]  (kind "pairs")
     answer_ids / answer_mask                                 int32 [B, R]  (kind "triplets")
+    prompt_positions int32 [B, P] / [B, A, P] (families with a position table only)
     pair_weight     float32 [B]              1 = a real record, 0 = a padding row
     record_index    int32 [B]                line index in the JSONL source (-1: padding)
 R is the smallest of `response_buckets` that fits the longest (truncated) response of the
@@ -55,6 +58,7 @@ from leanpo_jax.data.batching import (  # noqa: F401  (re-exported: the pipeline
     KINDS, PAD_ID, BatchSpec, ExampleMaker, StepMaker, config_error, response_names, empty_batch,
     make_tokenizer, resolve_spec, resolve_video_root, response_length,
 )
+from leanpo_jax.data.contract import ModelInterface
 
 SKIPPED_FILENAME = "skipped_records.jsonl"
 STATE_VERSION = 1
@@ -73,11 +77,12 @@ class DataPipeline:
     ".processH" inserted on multi-host; None without a workdir). Not thread-safe.
     """
 
-    def __init__(self, data: ml_collections.ConfigDict, *, train: bool, workdir: Optional[str] = None,
-                 process_index: Optional[int] = None, process_count: Optional[int] = None,
+    def __init__(self, data: ml_collections.ConfigDict, *, model: ModelInterface, train: bool,
+                 workdir: Optional[str] = None, process_index: Optional[int] = None,
+                 process_count: Optional[int] = None,
                  tokenizer: Optional[tokenize_lib.ChatTokenizer] = None,
                  skipped_path: Optional[str] = None):
-        self.spec = resolve_spec(data)
+        self.spec = resolve_spec(data, model)
         if not data.pairs:
             raise ValueError("config data.pairs is empty: set it to a JSONL file of records "
                              "(--config.data.pairs=FILE)")
@@ -89,7 +94,7 @@ class DataPipeline:
             raise ValueError(f"process_index {self.host} outside [0, process_count={self.num_hosts})")
         self.train, self.on_bad_record = bool(train), data.on_bad_record
         self.num_workers = int(data.num_workers)
-        self.tokenizer = tokenizer or make_tokenizer(data)
+        self.tokenizer = tokenizer or make_tokenizer(data, model)
         self.source = records_lib.RecordSource(os.path.abspath(data.pairs), data.kind)
         positions = grain.MapDataset.range(len(self.source))
         if self.train and len(self.source):
@@ -118,14 +123,17 @@ class DataPipeline:
         self._counts = {"next_step": 0, "skipped": {}, "ok": 0, "padding": 0, "truncated": 0}
 
     def _pad_example(self) -> dict:
-        """A valid, finite stand-in row: the template around an empty question, <|im_end|>."""
+        """A valid, finite stand-in row: the template around an empty question, the end token."""
         prompt = self.tokenizer.prompt_ids("", self.spec.num_video_tokens)
         text = int(prompt.shape[0]) - self.spec.num_video_tokens
         if text > self.spec.max_prompt_text_tokens:
             config_error("max_prompt_text_tokens", self.spec.max_prompt_text_tokens,
                   f"the chat template alone takes {text} text tokens; raise it well above that")
-        response = np.asarray([self.tokenizer.im_end_id], np.int32)
-        return {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(self.spec.kind)}}
+        response = np.asarray([self.tokenizer.end_id], np.int32)
+        example = {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(self.spec.kind)}}
+        if self.spec.positions_fn is not None:
+            example["prompt_positions"] = np.asarray(self.spec.positions_fn(prompt), np.int32)
+        return example
 
     @property
     def next_step(self) -> int:

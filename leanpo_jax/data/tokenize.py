@@ -1,13 +1,15 @@
-"""Chat-template token ids for Qwen2 Video-LLMs (ChatML), with the video placeholder as ids.
+"""Chat-template token ids for Video-LLMs, with the video placeholder inserted as ids.
 
-Prompt (system turn omitted when `system_prompt is None`):
+The template is the model's `contract.ChatTemplate` (its family provides it). For Qwen2
+ChatML (`CHATML`, LLaVA-OneVision / LLaVA-Video) the prompt is (system turn omitted when
+`system_prompt is None`):
 
     <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n
     [video_token_index] * num_video_tokens
     \\n[{time instruction}\\n]{question}<|im_end|>\\n<|im_start|>assistant\\n
 
-Response: the response text's tokens followed by <|im_end|> (the end-of-turn token is part of
-the response, of its labels and of its length).
+Response: the response text's tokens followed by the template's end-of-turn token (<|im_end|>
+for ChatML; part of the response, of its labels and of its length).
 
 Rules:
   * The placeholder is inserted as ids, exactly `num_video_tokens` copies of the model's
@@ -46,10 +48,18 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from leanpo_jax.data import records as records_lib
+from leanpo_jax.data.contract import ChatTemplate, ModelInterface
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
+# Qwen2 ChatML, the template LLaVA-OneVision / LLaVA-Video were trained with (conv_qwen).
+CHATML = ChatTemplate(
+    system=IM_START + "system\n{system}" + IM_END + "\n", user_head=IM_START + "user\n",
+    after_video="\n", user_tail=IM_END + "\n" + IM_START + "assistant\n", response_end=IM_END,
+    specials=(IM_START, IM_END), default_system_prompt=DEFAULT_SYSTEM_PROMPT)
+# ChatTokenizer's system_prompt default: the template's own default system prompt.
+_TEMPLATE_DEFAULT = object()
 TOKENIZER_FILE = "tokenizer.json"
 # Files transformers' AutoTokenizer reads beside tokenizer.json, copied along when present.
 TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -67,7 +77,7 @@ def default_tokenizer_dir() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
 
 
-def _tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
+def tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
     folder = default_tokenizer_dir() if path is None or os.fspath(path) == "" else os.fspath(path)
     file = folder if folder.endswith(".json") else os.path.join(folder, TOKENIZER_FILE)
     if not os.path.isfile(file):
@@ -81,7 +91,7 @@ def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) 
     """Copies the tokenizer at `path` (folder or tokenizer.json; None or "" = the default)
     into `out_dir`: its tokenizer.json and whichever TOKENIZER_SIDE_FILES sit beside it, byte
     for byte, so `AutoTokenizer.from_pretrained(out_dir)` loads it. Returns the names written."""
-    source = _tokenizer_file(path)
+    source = tokenizer_file(path)
     folder = os.path.dirname(source)
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -95,7 +105,7 @@ def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) 
 def load_tokenizer(path: Optional[Union[str, os.PathLike]] = None) -> Tokenizer:
     """A fresh `tokenizers.Tokenizer` from a folder's tokenizer.json (or the .json file itself);
     None or "" = `default_tokenizer_dir()`. Offline; raises FileNotFoundError naming the folder."""
-    return Tokenizer.from_file(_tokenizer_file(path))
+    return Tokenizer.from_file(tokenizer_file(path))
 
 
 _CACHE: dict = {}
@@ -133,20 +143,22 @@ class PlaceholderInText(ValueError):
 
 
 class ChatTokenizer:
-    """ChatML (Qwen2) prompt/response ids for one model: its embedding rows and placeholder id.
+    """Prompt/response ids for one model: its chat template, embedding rows and placeholder id.
 
     `tokenizer`: a folder / tokenizer.json path (None or "" = the default Qwen tokenizer), a
     `tokenizers.Tokenizer` or a transformers fast tokenizer (copied, never modified).
+    `template`: the model's `ChatTemplate` (default: Qwen2 ChatML, `CHATML`); `system_prompt`:
+    the system turn's text, None = no system turn, default = the template's default.
     Raises ValueError if the tokenizer's ids reach `vocab_size` (the embedding rows), if
-    `video_token_index` is not a row, or if <|im_start|>/<|im_end|> are not single tokens.
+    `video_token_index` is not a row, or if a template special is not a single token.
     Pickles by path when built from one (workers reload it once per process).
     """
 
-    def __init__(self, tokenizer=None, *, vocab_size: int, video_token_index: int,
-                 system_prompt: Optional[str] = DEFAULT_SYSTEM_PROMPT):
+    def __init__(self, tokenizer=None, *, vocab_size: int, video_token_index: Optional[int],
+                 template: ChatTemplate = None, system_prompt=_TEMPLATE_DEFAULT):
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
-            self._file = _tokenizer_file(tokenizer)
-            self._where = os.path.dirname(self._file)
+            self._file = tokenizer_file(tokenizer)
+            self._where = self._file
             tok = _load_cached(self._file)
         else:
             backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
@@ -156,16 +168,112 @@ class ChatTokenizer:
             self._file, self._where = None, "the given tokenizer object"
             tok = _prepared(Tokenizer.from_str(backend.to_str()))
         self._tok = tok
+        self.template = CHATML if template is None else template
         self.vocab_size = int(vocab_size)
-        self.video_token_index = int(video_token_index)
-        self.system_prompt = system_prompt
+        self.video_token_index = None if video_token_index is None else int(video_token_index)
+        self.system_prompt = (self.template.default_system_prompt if system_prompt is _TEMPLATE_DEFAULT
+                              else system_prompt)
         self._build()
 
     @classmethod
-    def from_config(cls, config, tokenizer=None, *, system_prompt=DEFAULT_SYSTEM_PROMPT) -> "ChatTokenizer":
-        """For a `VideoLLMConfig`: vocab_size = config.text.vocab_size, its video_token_index."""
-        return cls(tokenizer, vocab_size=config.text.vocab_size, video_token_index=config.video_token_index,
-                   system_prompt=system_prompt)
+    def for_model(cls, model: ModelInterface, tokenizer=None, *,
+                  system_prompt=_TEMPLATE_DEFAULT) -> "ChatTokenizer":
+        """For a `ModelInterface`: its template, vocab rows and placeholder id; `tokenizer`
+        None or "" = the model's own (`model.tokenizer`), which must then exist."""
+        if tokenizer is None or (isinstance(tokenizer, str) and not tokenizer):
+            if model.tokenizer is None:
+                raise ValueError(f"the model ({model.source}) has no tokenizer of its own: set "
+                                 "data.tokenizer to a folder holding its tokenizer.json")
+            tokenizer = model.tokenizer
+        chat = cls(tokenizer, vocab_size=model.vocab_size, video_token_index=model.video_token_index,
+                   template=model.template, system_prompt=system_prompt)
+        if model.video_token is not None:  # a checkpoint: its tokenizer must know its placeholder
+            actual = chat.tokenizer.id_to_token(model.video_token_index)
+            if actual != model.video_token:
+                raise ValueError(
+                    f"{chat.where} and {model.source}/config.json disagree: the model's video placeholder "
+                    f"is {model.video_token!r} (video_token_index {model.video_token_index}) but this "
+                    f"tokenizer's id {model.video_token_index} is {actual!r}. Use the checkpoint's own "
+                    "tokenizer (data.tokenizer=\"\"), or a tokenizer where that id is the placeholder")
+        return chat
+
+    @property
+    def where(self) -> str:
+        """The tokenizer.json this was loaded from (or a description of the object)."""
+        return self._where
+
+    def _special(self, token: str) -> int:
+        i = self._tok.token_to_id(token)
+        if i is None:
+            raise ValueError(f"tokenizer ({self._where}) lacks the chat template's special token "
+                             f"{token!r}: use the model's own tokenizer")
+        return int(i)
+
+    def _segments(self, parts) -> list:
+        """Template text pieces, user text and the VIDEO marker -> id arrays. Text between two
+        special ids (template and user text alike) is tokenised as ONE piece, as a HF
+        tokenizer does with the rendered string; a piece holding user text is checked for the
+        placeholder id (PlaceholderInText)."""
+        out, buffer, has_user = [], [], False
+
+        def flush():
+            nonlocal buffer, has_user
+            if buffer:
+                text = "".join(buffer)
+                out.append(self._checked_text(text, "prompt") if has_user else self._text(text))
+            buffer, has_user = [], False
+
+        for kind, value in parts:
+            if kind == "video":
+                flush()
+                out.append(np.full(int(value), self.video_token_index, np.int32))
+            elif kind == "user":
+                buffer.append(value)
+                has_user = True
+            else:
+                for piece in self._split_specials(value):
+                    if piece in self.template.specials:
+                        flush()
+                        out.append(np.asarray([self._special(piece)], np.int32))
+                    elif piece:
+                        buffer.append(piece)
+        flush()
+        return out
+
+    def _split_specials(self, text: str) -> list:
+        pieces = [text]
+        for special in self.template.specials:
+            split = []
+            for piece in pieces:
+                if piece in self.template.specials:
+                    split.append(piece)
+                    continue
+                chunks = piece.split(special)
+                for j, chunk in enumerate(chunks):
+                    if j:
+                        split.append(special)
+                    split.append(chunk)
+            pieces = split
+        return pieces
+
+    def _prompt_parts(self, user_text: str, num_video_tokens: int) -> list:
+        t = self.template
+        parts = []
+        if t.bos:
+            parts.append(("template", t.bos))
+        if self.system_prompt is not None:
+            parts.append(("template", t.system.format(system=self.system_prompt)))
+        parts.append(("template", t.user_head))
+        if t.video_first:
+            if num_video_tokens:
+                parts += [("video", num_video_tokens), ("template", t.after_video)]
+            parts.append(("user", user_text))
+        else:
+            parts.append(("user", user_text))
+            if num_video_tokens:
+                parts += [("template", t.before_video), ("video", num_video_tokens)]
+        parts.append(("template", t.user_tail))
+        return parts
 
     def _build(self) -> None:
         tok = self._tok
@@ -176,25 +284,16 @@ class ChatTokenizer:
                 f"tokenizer ({self._where}) has ids up to {entries - 1} but the model's embedding has only "
                 f"{self.vocab_size} rows (config.text.vocab_size): use the model's own tokenizer or a "
                 f"config whose vocab_size is >= {entries}")
-        if not 0 <= self.video_token_index < self.vocab_size:
+        if self.video_token_index is not None and not 0 <= self.video_token_index < self.vocab_size:
             raise ValueError(f"video_token_index {self.video_token_index} is not an embedding row "
                              f"(vocab_size {self.vocab_size}): fix the model config")
-        self.im_start_id = tok.token_to_id(IM_START)
-        self.im_end_id = tok.token_to_id(IM_END)
-        if self.im_start_id is None or self.im_end_id is None:
-            raise ValueError(f"tokenizer ({self._where}) lacks {IM_START}/{IM_END}: it is not a Qwen2 "
-                             "ChatML tokenizer; use the model's tokenizer")
-        head = []
-        if self.system_prompt is not None:
-            head += [self.im_start_id, *self._text("system\n" + self.system_prompt), self.im_end_id,
-                     *self._text("\n")]
-        head += [self.im_start_id, *self._text("user\n")]
-        tail = [self.im_end_id, *self._text("\n"), self.im_start_id, *self._text("assistant\n")]
-        self._head = np.asarray(head, np.int32)
-        self._tail = np.asarray(tail, np.int32)
-        for part, name in ((self._head, "system prompt"), (self._tail, "template")):
-            if np.any(part == self.video_token_index):
-                raise ValueError(f"the {name} tokenises to the video placeholder id {self.video_token_index}")
+        self.specials = {s: self._special(s) for s in self.template.specials}
+        self.end_id = self.specials[self.template.response_end]
+        # The template with an empty question: its ids must never hold the placeholder id.
+        template_ids = np.concatenate(self._segments(self._prompt_parts("", 0)))
+        if self.video_token_index is not None and np.any(template_ids == self.video_token_index):
+            raise ValueError(f"the chat template or system prompt tokenises to the video placeholder id "
+                             f"{self.video_token_index}")
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -234,24 +333,24 @@ class ChatTokenizer:
 
     def prompt_ids(self, question: str, num_video_tokens: int,
                    time_instruction: Optional[str] = None) -> np.ndarray:
-        """int32 ids of the templated prompt up to and including "<|im_start|>assistant\\n".
+        """int32 ids of the templated prompt up to and including the assistant turn's start.
 
         Raises PlaceholderInText (a ValueError) if the question/time instruction yields the
         placeholder id. Not length-checked (`encode_pair` checks max_prompt_text_tokens).
         """
         if int(num_video_tokens) < 0:
             raise ValueError(f"num_video_tokens must be >= 0, got {num_video_tokens}")
-        user = "\n" + (time_instruction + "\n" if time_instruction else "") + question
-        parts = [self._head, np.full(int(num_video_tokens), self.video_token_index, np.int32),
-                 self._checked_text(user, "prompt"), self._tail]
-        return self._in_range(np.concatenate(parts))
+        if int(num_video_tokens) and self.video_token_index is None:
+            raise ValueError("this model takes no video (text-only): num_video_tokens must be 0")
+        user = (time_instruction + "\n" if time_instruction else "") + question
+        return self._in_range(np.concatenate(self._segments(self._prompt_parts(user, int(num_video_tokens)))))
 
     def response_ids(self, text: str, max_response_tokens: int) -> tuple:
-        """(int32 ids of text ‖ <|im_end|> cut to max_response_tokens, truncated: bool).
+        """(int32 ids of text ‖ the end-of-turn id cut to max_response_tokens, truncated: bool).
         See the module docstring: a truncated response does not end with <|im_end|>."""
         if int(max_response_tokens) < 1:
             raise ValueError(f"max_response_tokens must be >= 1, got {max_response_tokens}")
-        ids = np.concatenate([self._checked_text(text, "response"), np.asarray([self.im_end_id], np.int32)])
+        ids = np.concatenate([self._checked_text(text, "response"), np.asarray([self.end_id], np.int32)])
         truncated = ids.shape[0] > int(max_response_tokens)
         return self._in_range(ids[: int(max_response_tokens)]), bool(truncated)
 

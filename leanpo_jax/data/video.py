@@ -84,13 +84,13 @@ from typing import NamedTuple, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image
 
+from leanpo_jax.data.contract import RESIZE_MODES
 from leanpo_jax.data.records import FIX_HINTS, MISSING_VIDEO, NO_FRAMES, UNREADABLE_VIDEO
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov", ".webp")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 # "direct": bicubic to H x W (SigLIP); "shortest_edge_crop": shorter side to S, centre crop
 # S x S (CLIP). See the module docstring.
-RESIZE_MODES = ("direct", "shortest_edge_crop")
 # Seek instead of decoding through when the next wanted frame's keyframe is further ahead than
 # this many frames; below it, a seek (flush + re-decode from the keyframe) is not cheaper.
 _SEEK_GAP = 8

@@ -3,7 +3,7 @@
 Accuracy: the model answers each held-out question greedily (the KV-cache sampler, plain
 question, original video); an answer counts when it equals the GT sentence after normalising
 case, surrounding spaces and a final period. Log-likelihood: mean summed log π(GT answer)
-(and per token) with `train.scoring` over the held-out triplets as the pipeline reads them.
+(and per token) with `models.scoring` over the held-out triplets as the pipeline reads them.
 """
 
 from __future__ import annotations
@@ -17,29 +17,32 @@ import ml_collections
 import numpy as np
 
 from leanpo_jax.data import video as video_lib
+from leanpo_jax.data.batch import pad_rows
 from leanpo_jax.data.pipeline import DataPipeline
 from leanpo_jax.data.records import RecordSource, TripletRecord
 from leanpo_jax.data.tokenize import ChatTokenizer
 from leanpo_jax.generate.sampler import Sampler
-from leanpo_jax.generate.self_generate import chat_sampling_config, pad_rows
-from leanpo_jax.models.config import num_video_tokens
-from leanpo_jax.train import scoring
+from leanpo_jax.generate.self_generate import chat_sampling_config
+from leanpo_jax.models import resolve_model
+from leanpo_jax.models.runtime import data_interface
+from leanpo_jax.models.scoring import score_pairs
 
 
 def normalise(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().lower()).rstrip(".").strip()
 
 
-def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_tokens: int = 32,
+def evaluate(model, interface, data: ml_collections.ConfigDict, triplets: str, *, max_new_tokens: int = 32,
              batch_size: int = 8) -> Dict:
-    """-> {accuracy, correct, total, by_kind, gt_logp, gt_logp_avg, examples}.
+    """-> {accuracy, correct, total, by_kind, gt_logp, gt_logp_avg, examples}. `interface`:
+    the model's data interface (`load_model`).
 
     `by_kind`: {question kind: [correct, total]} where the triplets carry `attributes.question`
     (the demo corpus does), else {}."""
-    tok = ChatTokenizer.from_config(model.config, data.tokenizer or None)
+    tok = ChatTokenizer.for_model(interface, data.tokenizer or None)
     frames_n = int(data.num_frames)
-    n = num_video_tokens(model.config, frames_n)
-    sampler = Sampler(model, chat_sampling_config(tok, model.config.text.vocab_size,
+    n = interface.video_tokens(frames_n)
+    sampler = Sampler(model, chat_sampling_config(tok, interface.vocab_size,
                                                   max_new_tokens=max_new_tokens, min_new_tokens=0))
     source = RecordSource(triplets, "triplets")
     records = [source[i] for i in range(len(source))]
@@ -51,15 +54,15 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
             kinds[row["id"]] = (row.get("attributes") or {}).get("question")
     by_kind: Dict[str, list] = {}
     root = data.video_root
-    v = model.config.vision
+    policy = interface.frames
     correct, examples = 0, []
     for start in range(0, len(records), batch_size):
         chunk = records[start: start + batch_size]
         rows = chunk + [chunk[0]] * (batch_size - len(chunk))
-        frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, image_size=v.image_size)[0]
-                           for r in rows])
+        frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, image_size=policy.size,
+                                                resize=policy.resize)[0] for r in rows])
         ids, mask = pad_rows([tok.prompt_ids(r.prompt, n) for r in rows], n + int(data.max_prompt_text_tokens))
-        out = sampler.generate(ids, mask, frames=video_lib.normalize_frames(frames, v.image_mean, v.image_std))
+        out = sampler.generate(ids, mask, frames=video_lib.normalize_frames(frames, policy.mean, policy.std))
         for i, r in enumerate(chunk):
             text = tok.tokenizer.decode(out.tokens[i, 0, : out.lengths[i, 0]].tolist(), skip_special_tokens=True)
             hit = normalise(text) == normalise(r.answer)
@@ -72,8 +75,8 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
                 examples.append({"question": r.prompt, "answer": r.answer, "generated": text.strip(), "correct": bool(hit)})
     eval_data = ml_collections.ConfigDict(data.to_dict())
     eval_data.pairs, eval_data.kind, eval_data.num_workers = triplets, "triplets", 0
-    with DataPipeline(eval_data, train=False, skipped_path=None) as pipe:
-        scores = scoring.score_pairs(model, pipe, num_records=len(pipe.source))
+    with DataPipeline(eval_data, model=interface, train=False, tokenizer=tok, skipped_path=None) as pipe:
+        scores = score_pairs(model, pipe, num_records=len(pipe.source))
     keep = ~np.isnan(scores["answer"])
     total = len(records)
     return {"accuracy": correct / total if total else 0.0, "correct": int(correct), "total": total,
@@ -82,9 +85,8 @@ def evaluate(model, data: ml_collections.ConfigDict, triplets: str, *, max_new_t
             "examples": examples}
 
 
-def load_model(hf_dir: str):
-    from leanpo_jax.models.hf_io import load_hf
-
-    model = load_hf(hf_dir)
-    model.config = model.config.replace(attention_impl="cudnn" if jax.devices()[0].platform == "gpu" else "xla")
-    return model
+def load_model(hf_dir: str, data: ml_collections.ConfigDict):
+    """-> (model, data interface) of an exported HF folder (its config decides the family)."""
+    source = resolve_model(init_from=hf_dir)
+    source = source.replace_config(attention_impl="cudnn" if jax.devices()[0].platform == "gpu" else "xla")
+    return source.load(), data_interface(source, data)

@@ -210,7 +210,8 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
     data.video_root = paths["root"]
     evals = {}
     for name, hf in (("sft", paths["sft_hf"]), *((m, runs[m]["hf"]) for m in METHODS)):
-        evals[name] = eval_lib.evaluate(eval_lib.load_model(hf), data, paths["heldout_triplets"],
+        model, interface = eval_lib.load_model(hf, data)
+        evals[name] = eval_lib.evaluate(model, interface, data, paths["heldout_triplets"],
                                         max_new_tokens=s.max_new_tokens)
     done("evaluation")
     return report_lib.write_report(workdir, settings=dataclasses.asdict(s), times=times, generation=gen,

@@ -22,22 +22,9 @@ REFLECTION_TEMPLATE = (
     "Question: {question}"
 )
 
-# Decoding defaults per model family (method.md §3): Qwen-family checkpoints decode greedily;
-# LLaVA-NeXT-Video / LLaVA-Video (Vicuna era) sampled at T 1.0 with top-p 0.9 (winner), 1.0 (loser).
-FAMILY_DECODING = {
-    "qwen2": {"winner": dict(temperature=0.0, top_p=1.0), "loser": dict(temperature=0.0, top_p=1.0)},
-    "llava-next": {"winner": dict(temperature=1.0, top_p=0.9), "loser": dict(temperature=1.0, top_p=1.0)},
-}
-
-
-def family_of(preset: str) -> str:
-    """"llava-next" for LLaVA-NeXT-Video presets, else "qwen2" (every Qwen2-based preset and tiny)."""
-    return "llava-next" if preset.startswith("llava-next") else "qwen2"
-
-
 def decoding_block() -> ml_collections.ConfigDict:
     d = ml_collections.ConfigDict()
-    # Sampling temperature >= 0 (0 = greedy); -1 = the model family's default (FAMILY_DECODING).
+    # Sampling temperature >= 0 (0 = greedy); -1 = the model family's default.
     d.temperature = -1.0
     # Nucleus mass in (0, 1] (1 = off); -1 = the family's default.
     d.top_p = -1.0
@@ -100,9 +87,11 @@ def check_generate_config(g: ml_collections.ConfigDict) -> None:
                              f"{{{'}, {'.join(fields)}}} is expected ({type(e).__name__}: {e})") from None
 
 
-def resolved_decoding(g: ml_collections.ConfigDict, side: str, preset: str) -> dict:
-    """generate.<side> with the family defaults filled in for -1 entries."""
-    family = FAMILY_DECODING[family_of(preset)][side]
+def resolved_decoding(g: ml_collections.ConfigDict, side: str, family_defaults: dict) -> dict:
+    """generate.<side> with -1 entries filled from the model family's decoding defaults
+    (`Family.decoding_defaults(config)[side]`: greedy for Qwen-based families; LLaVA-NeXT-Video
+    sampled T 1.0, top-p 0.9 winner / 1.0 loser)."""
+    family = family_defaults[side]
     d = g[side]
     return {"temperature": family["temperature"] if d.temperature == -1 else float(d.temperature),
             "top_p": family["top_p"] if d.top_p == -1 else float(d.top_p), "top_k": int(d.top_k)}

@@ -1,4 +1,4 @@
-"""Batched generation for the Video-LLM over its fixed-size KV cache (shared/models.md §6).
+"""Batched generation for any family's Video-LLM over its fixed-size KV cache (docs/model_facts.md).
 
     sampler = Sampler(model, SamplingConfig(max_new_tokens=64, temperature=0.0))
     out = sampler.generate(prompt_ids, prompt_mask, frames=frames, seed=0)   # SampleOutput
@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.attention import KVCache, repeat_cache
-from leanpo_jax.models.video_llm import check_video_placeholders
+from leanpo_jax.models.merge import check_video_placeholders
 
 _NEG = float(np.finfo(np.float32).min)
 
@@ -135,11 +135,12 @@ def _pick(logits, t, done, tokens, logps, seed, cfg: SamplingConfig):
     return ids, done, tokens, logps
 
 
-def _prefill(graphdef, state, prompt_ids, prompt_mask, video_embeds, seed, *, cfg: SamplingConfig) -> DecodeState:
+def _prefill(graphdef, state, prompt_ids, prompt_mask, video_embeds, seed, positions, *,
+             cfg: SamplingConfig) -> DecodeState:
     model = nnx.merge(graphdef, state)
     b, p = prompt_ids.shape
     steps, k = cfg.max_new_tokens, cfg.num_samples
-    hidden, cache = model.prefill(prompt_ids, video_embeds, prompt_mask, max_len=p + steps)
+    hidden, cache = model.prefill(prompt_ids, video_embeds, prompt_mask, max_len=p + steps, positions=positions)
     last = jnp.take_along_axis(hidden, (prompt_mask.astype(jnp.int32).sum(axis=1) - 1)[:, None, None], axis=1)
     logits = jnp.repeat(_head(last[:, 0], model.lm_head_kernel()), k, axis=0)  # [B*k, V], grouped b*k + i
     rows = b * k
@@ -206,10 +207,11 @@ class Sampler:
         return self._encode(self.state, jnp.asarray(frames))
 
     def prefill(self, prompt_ids, prompt_mask, *, frames=None, video_embeds: Optional[jax.Array] = None,
-                seed: int = 0) -> DecodeState:
+                seed: int = 0, positions=None) -> DecodeState:
         """Right-padded prompts [B, P] (+ frames or their embeddings) -> DecodeState with token 0
         drawn. Each prompt row must hold exactly num_video_tokens(F) placeholder ids when a
-        video is given."""
+        video is given. `positions`: the family's prompt position table (None: 0..P-1);
+        decoding continues one past each row's last valid position."""
         if frames is not None and video_embeds is not None:
             raise ValueError("pass frames or video_embeds, not both")
         prompt_mask = np.asarray(prompt_mask, np.int32)
@@ -222,7 +224,8 @@ class Sampler:
         if video_embeds is not None:  # the host-side placeholder check that a traced embed skips
             check_video_placeholders(np.asarray(prompt_ids), self.config.video_token_index, video_embeds.shape[1])
         return self._prefill(self.state, ids, jnp.asarray(prompt_mask), video_embeds,
-                             jnp.asarray(int(seed) & 0xFFFFFFFF, jnp.uint32))
+                             jnp.asarray(int(seed) & 0xFFFFFFFF, jnp.uint32),
+                             None if positions is None else jnp.asarray(positions, jnp.int32))
 
     def decode(self, ds: DecodeState):
         """The decode loop over a DecodeState -> device arrays
@@ -230,9 +233,10 @@ class Sampler:
         return self._decode(self.state, ds)
 
     def generate(self, prompt_ids, prompt_mask, *, frames=None, video_embeds: Optional[jax.Array] = None,
-                 seed: int = 0) -> SampleOutput:
+                 seed: int = 0, positions=None) -> SampleOutput:
         """Right-padded prompts [B, P] (+ normalised frames [B, F, H, W, 3] or their embeddings
         [B, N, D]) -> SampleOutput as numpy arrays (shapes in SampleOutput)."""
-        out = self.decode(self.prefill(prompt_ids, prompt_mask, frames=frames, video_embeds=video_embeds, seed=seed))
+        out = self.decode(self.prefill(prompt_ids, prompt_mask, frames=frames, video_embeds=video_embeds,
+                                       seed=seed, positions=positions))
         tokens, logps, lengths, stopped = jax.device_get(out)
         return SampleOutput(np.asarray(tokens), np.asarray(logps), np.asarray(lengths), np.asarray(stopped))

@@ -1,11 +1,12 @@
-"""Self-generated preference pairs (shared/method.md §3) with the frozen SFT model.
+"""Self-generated preference pairs (docs/loss.md) with the frozen SFT model.
 
 Per triplet (video V, question q, GT answer a):
     r1  = model(V, prior_template(a, q))                      turn 1: the GT as hints
     y_w = model(V, reflection_template(r1, a, q))             turn 2: self-reflection -> winner
     y_l = model(A(V) (2 frames), q)                           augmented video, plain question -> loser
 then avg log π(y_w), avg log π(y_l) (and of a) under the same model, computed with
-`train.scoring` on the pair re-tokenised exactly as the training pipeline will tokenise it.
+`models.scoring` on the pair re-tokenised exactly as the training pipeline will tokenise it.
+The model (config.model.init_from, or a preset) decides frames, template and tokenizer.
 
 Output rows (JSONL, appended and flushed per record; ids already present are skipped on a
 rerun): id, video, prompt, chosen, rejected, first_turn, chosen_avg_logp, rejected_avg_logp,
@@ -30,17 +31,21 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from flax import nnx
+
 from leanpo_jax.data import augment as augment_lib
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import video as video_lib
-from leanpo_jax.data.batching import PAD_ID
+from leanpo_jax.data.batch import PAD_ID, batch_from_rows, pad_rows, position_table
+from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.data.tokenize import ChatTokenizer
 from leanpo_jax.generate import config as gen_config
 from leanpo_jax.generate import report as report_lib
 from leanpo_jax.generate.output import AppendOnlyJsonl
 from leanpo_jax.generate.sampler import Sampler, SamplingConfig
-from leanpo_jax.models.config import num_video_tokens
-from leanpo_jax.train import scoring
+from leanpo_jax.models.registry import family_of
+from leanpo_jax.models.runtime import data_interface, model_source
+from leanpo_jax.models.scoring import jitted_avg_logps
 
 
 class RecordFailed(Exception):
@@ -50,78 +55,65 @@ class RecordFailed(Exception):
 
 
 def load_generation_model(config: ml_collections.ConfigDict):
-    """The frozen model: config.model.init_from (an HF folder, e.g. the SFT export) or the
-    seeded random init of config.model.preset, on the default device."""
-    from flax import nnx
-
-    from leanpo_jax.models import hf_io
-    from leanpo_jax.models.video_llm import VideoLLM
-    from leanpo_jax.train.trainer import model_config
-
-    platform = jax.devices()[0].platform
-    wanted = model_config(config, platform)
-    if config.model.init_from:
-        model = hf_io.load_hf(config.model.init_from)
-        model.config = model.config.replace(dtype=wanted.dtype, attention_impl=wanted.attention_impl)
-        return model
-    return VideoLLM(wanted, rngs=nnx.Rngs(int(config.seed)))
+    """-> (the frozen model, its data interface): config.model.init_from (an HF folder, e.g.
+    the SFT export; it decides the family, frames, template and tokenizer) or the seeded
+    random init of config.model.preset, on the default device."""
+    source = model_source(config.model, jax.devices()[0].platform)
+    model = source.load() if source.folder is not None else source.build(int(config.seed))
+    return model, data_interface(source, config.data)
 
 
 def chat_sampling_config(tok: ChatTokenizer, vocab_rows: int, *, max_new_tokens: int,
                          min_new_tokens: int = 1, **decoding) -> SamplingConfig:
-    """Sampling for a chat answer: only <|im_end|> may end it, no control / placeholder token
-    is ever emitted, ids beyond the tokenizer (embedding padding rows) never are either."""
+    """Sampling for a chat answer: only the template's end-of-turn token may end it, no
+    control / placeholder token is ever emitted, ids beyond the tokenizer (embedding padding
+    rows) never are either."""
     banned = sorted(i for i, t in tok.tokenizer.get_added_tokens_decoder().items()
-                    if t.special and i != tok.im_end_id and i < vocab_rows)
-    return SamplingConfig(max_new_tokens=int(max_new_tokens), num_samples=1, stop_ids=(tok.im_end_id,),
+                    if t.special and i != tok.end_id and i < vocab_rows)
+    return SamplingConfig(max_new_tokens=int(max_new_tokens), num_samples=1, stop_ids=(tok.end_id,),
                           vocab_limit=tok.tokenizer.get_vocab_size(with_added_tokens=True), pad_id=PAD_ID,
                           banned_ids=tuple(banned), min_new_tokens=min_new_tokens, **decoding)
-
-
-def pad_rows(rows: List[np.ndarray], width: int) -> tuple:
-    ids = np.full((len(rows), width), PAD_ID, np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, r in enumerate(rows):
-        ids[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
-    return ids, mask
 
 
 class SelfGenerator:
     """Generates pairs for triplet files with one frozen model (see the module docstring)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, model=None, tokenizer: Optional[ChatTokenizer] = None):
+    def __init__(self, config: ml_collections.ConfigDict, model=None, tokenizer: Optional[ChatTokenizer] = None,
+                 interface: Optional[ModelInterface] = None):
+        """`model` (with `interface`, default: its family's for its config) replaces the one
+        config.model names; `tokenizer` replaces the interface's (or data.tokenizer)."""
         self.config, self.g = config, config.generate
         gen_config.check_generate_config(self.g)
-        self.model = model if model is not None else load_generation_model(config)
-        mc = self.model.config
-        if mc.vision is None:
-            raise ValueError("self-generation needs a video model; config.model.preset has no vision tower")
-        self.tok = tokenizer or ChatTokenizer.from_config(mc, config.data.tokenizer or None)
+        if model is None:
+            model, interface = load_generation_model(config)
+        elif interface is None:
+            interface = family_of(model.config).interface(model.config)
+        self.model, self.interface = model, interface
+        if not interface.has_video:
+            raise ValueError(f"self-generation needs a video model; {interface.source or 'the model'} has no "
+                             "vision tower")
+        self.tok = tokenizer or ChatTokenizer.for_model(interface, config.data.tokenizer or None)
         data = config.data
         self.frames = int(self.g.num_frames) if int(self.g.num_frames) != -1 else int(data.num_frames)
         self.score_frames = int(data.num_frames)
         self.keep = int(self.g.augment.keep_frames)
-        self.n_video, self.n_loser = num_video_tokens(mc, self.frames), num_video_tokens(mc, self.keep)
-        self.image_size = mc.vision.image_size
-        preset = config.model.preset
+        self.n_video, self.n_loser = interface.video_tokens(self.frames), interface.video_tokens(self.keep)
+        self.frame_policy = interface.frames
+        family_defaults = family_of(model.config).decoding_defaults(model.config)
+        self.decoding = {s: gen_config.resolved_decoding(self.g, s, family_defaults) for s in ("winner", "loser")}
 
         def sampler(side):
             # min_new_tokens 1: an empty response is not a usable pair side.
             return Sampler(self.model, chat_sampling_config(
-                self.tok, mc.text.vocab_size, max_new_tokens=int(self.g.max_new_tokens),
-                **gen_config.resolved_decoding(self.g, side, preset)))
+                self.tok, interface.vocab_size, max_new_tokens=int(self.g.max_new_tokens), **self.decoding[side]))
 
         self.winner_sampler, self.loser_sampler = sampler("winner"), sampler("loser")
-        self.decoding = {s: gen_config.resolved_decoding(self.g, s, preset) for s in ("winner", "loser")}
-        from flax import nnx
-
         self._encode = nnx.jit(lambda m, f: m.encode_video(f))
         self.tokens_generated = 0
 
     # ------------------------------------------------------------------------ pieces
     def _normalise(self, frames: np.ndarray) -> jax.Array:
-        v = self.model.config.vision
-        return video_lib.normalize_frames(jnp.asarray(frames), v.image_mean, v.image_std)
+        return video_lib.normalize_frames(jnp.asarray(frames), self.frame_policy.mean, self.frame_policy.std)
 
     def _prompt(self, text: str, n_video: int) -> np.ndarray:
         try:
@@ -138,8 +130,11 @@ class SelfGenerator:
         """Right-padded prompts (the batch padded to batch_size rows) -> decoded texts per prompt."""
         b = int(self.g.batch_size)
         rows = prompts + [prompts[0]] * (b - len(prompts))
-        ids, mask = pad_rows(rows, n_video + int(self.g.max_prompt_text_tokens))
-        out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seed)
+        width = n_video + int(self.g.max_prompt_text_tokens)
+        ids, mask = pad_rows(rows, width)
+        fn = self.interface.positions_fn  # the family's position table, if it has one
+        positions = None if fn is None else position_table([fn(r) for r in rows], width)
+        out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seed, positions=positions)
         texts = []
         for i in range(len(prompts)):
             n = int(out.lengths[i, 0])
@@ -155,7 +150,7 @@ class SelfGenerator:
     def _score(self, items: List[Dict]) -> List[Dict]:
         """Average log-probs of chosen, rejected and the GT under the model, as training sees them."""
         d = self.config.data
-        n = num_video_tokens(self.model.config, self.score_frames)
+        n = self.interface.video_tokens(self.score_frames)
         names = ("chosen", "rejected", "answer")
         encoded = []
         for it in items:
@@ -172,14 +167,15 @@ class SelfGenerator:
         if ok:
             b, r = int(self.g.batch_size), int(d.max_response_tokens)
             rows = ok + [ok[0]] * (b - len(ok))
-            batch = {}
-            batch["prompt_ids"], batch["prompt_mask"] = pad_rows([encoded[i]["prompt_ids"] for i in rows],
-                                                                  n + int(d.max_prompt_text_tokens))
-            batch["prompt_lengths"] = batch["prompt_mask"].sum(1).astype(np.int32)
-            for name in names:
-                batch[f"{name}_ids"], batch[f"{name}_mask"] = pad_rows([encoded[i][f"{name}_ids"] for i in rows], r)
-            batch["frames"] = np.stack([items[i]["score_frames"] for i in rows])
-            out = jax.device_get(scoring.jitted_avg_logps()(self.model, batch))
+            prompts = [encoded[i]["prompt_ids"] for i in rows]
+            fn = self.interface.positions_fn
+            batch = batch_from_rows(
+                "scored_pairs", prompts, {name: [encoded[i][f"{name}_ids"] for i in rows] for name in names},
+                prompt_len=n + int(d.max_prompt_text_tokens), response_len=r,
+                frames=np.stack([items[i]["score_frames"] for i in rows]),
+                positions=None if fn is None else [fn(p) for p in prompts])
+            batch.pop("pair_weight")
+            out = jax.device_get(jitted_avg_logps()(self.model, batch))
             for j, i in enumerate(ok):
                 scores[i] = {f"{name}_avg_logp": float(out[f"{name}_avg"][j]) for name in names}
         return [scores.get(i, encoded[i]) for i in range(len(items))]
@@ -298,9 +294,10 @@ class SelfGenerator:
                     continue
                 path = os.path.join(video_root, record.video)
                 try:
-                    frames, _ = video_lib.read_video(path, self.frames, image_size=self.image_size)
+                    size, resize = self.frame_policy.size, self.frame_policy.resize
+                    frames, _ = video_lib.read_video(path, self.frames, image_size=size, resize=resize)
                     score_frames = frames if self.score_frames == self.frames else video_lib.read_video(
-                        path, self.score_frames, image_size=self.image_size)[0]
+                        path, self.score_frames, image_size=size, resize=resize)[0]
                 except video_lib.VideoError as e:
                     fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
                     bar is not None and bar.update(1)

@@ -15,7 +15,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from leanpo_jax.models.config import TextConfig
+from leanpo_jax.models.text_config import TextConfig
 
 # GGUF tensor name (after "blk.{i}.") -> HF Llama name (after "model.layers.{i}.").
 _LAYER_NAMES = {

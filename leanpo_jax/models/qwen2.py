@@ -31,7 +31,8 @@ Entry points (embeddings in, because video embeddings are merged into the text f
 - `embed(ids)`, `__call__(embeds, positions=None, mask=None) -> hidden`;
 - `prefix(embeds, positions=None, mask=None) -> (hidden, KV)`;
 - `suffix(embeds, positions, kv_prefix, kv_mask=None, mask=None) -> hidden`;
-- `packed(prompt_embeds, response_embeds, positions, kv_mask, mask) -> (hidden_p, hidden_s)`:
+- `packed(prompt_embeds, response_embeds, positions, kv_mask, mask, prompt_positions)
+  -> (hidden_p, hidden_s)`:
   prefix + suffix in one pass (the train step's shared layout);
 - `init_cache(batch, max_len)`, `prefill(embeds, positions, mask, max_len=) -> (hidden, cache)`,
   `decode_step(embeds, cache, positions=None) -> (hidden, cache)` (the same suffix code).
@@ -55,7 +56,7 @@ from leanpo_jax.models.attention import (
     KV, KVCache, apply_rope, attend, mark_valid, self_attention_mask, suffix_attention_mask,
     write_rows,
 )
-from leanpo_jax.models.config import TextConfig, VideoLLMConfig
+from leanpo_jax.models.text_config import TextConfig
 from leanpo_jax.models.params import logical_param, normal_init
 
 
@@ -161,8 +162,8 @@ class Qwen2(nnx.Module):
                         else init.normal((d, v), ("embed", "vocab")))
 
     @classmethod
-    def from_config(cls, config: VideoLLMConfig, *, rngs: nnx.Rngs, **overrides) -> "Qwen2":
-        """Decoder of a VideoLLMConfig with its dtypes, attention implementation and remat."""
+    def from_config(cls, config, *, rngs: nnx.Rngs, **overrides) -> "Qwen2":
+        """Decoder of a family config (its `.text`, dtypes, attention implementation, remat)."""
         kwargs = dict(dtype=config.dtype, param_dtype=config.param_dtype,
                       attention_impl=config.attention_impl, remat=config.remat)
         kwargs.update(overrides)
@@ -257,10 +258,12 @@ class Qwen2(nnx.Module):
             raise ValueError(f"suffix batch {b2} is not a multiple of the prefix batch {bp}")
         return self._run(embeds, positions, _response_mask(kv_mask, mask, bp, p, s, b2 // bp), kv_prefix)
 
-    def packed(self, prompt_embeds, response_embeds, response_positions, kv_mask=None, mask=None):
+    def packed(self, prompt_embeds, response_embeds, response_positions, kv_mask=None, mask=None,
+               prompt_positions=None):
         """`prefix` + `suffix` in ONE pass: [prompt ‖ its g responses] per prompt row.
 
-        prompt_embeds [Bp, P, D] (positions 0..P-1, right-padded: no prompt mask needed),
+        prompt_embeds [Bp, P, D] (right-padded: no prompt mask needed) at prompt_positions
+        [Bp, P] (None: 0..P-1),
         response_embeds [B2 = g·Bp, S, D] grouped as in `suffix`, response_positions [B2, S],
         kv_mask [Bp, P] prompt key validity, mask [B2, S] own key validity. Same values as
         prefix + suffix, but each layer runs one set of matmuls over Bp·(P + g·S) tokens rather
@@ -273,7 +276,9 @@ class Qwen2(nnx.Module):
         g = b2 // bp
         merge = lambda a: a.reshape(bp, g * s, *a.shape[2:])  # noqa: E731 - rows are grouped
         x = jnp.concatenate([prompt_embeds.astype(self.dtype), merge(response_embeds).astype(self.dtype)], axis=1)
-        positions = jnp.concatenate([jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (bp, t)),
+        if prompt_positions is None:
+            prompt_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (bp, t))
+        positions = jnp.concatenate([prompt_positions.astype(jnp.int32),
                                      merge(response_positions.astype(jnp.int32))], axis=1)
         hidden, _ = self._run(x, positions, _response_mask(kv_mask, mask, bp, t, s, g), None, prompt_len=t)
         return hidden[:, :t], hidden[:, t:].reshape(b2, s, hidden.shape[-1])

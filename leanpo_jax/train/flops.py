@@ -4,8 +4,8 @@ Counting (matmuls only, 2 FLOPs per multiply-add; remat recompute NOT counted):
   LLM, per token through a layer stack:  2·N_layers_matmul forward, ×3 with the backward
   attention scores + values per query:   4·L·d_attn·(keys it sees), ×3 with the backward
   LM head: 2·d·V per response position (chunked; only there), ×3 with the backward
-  vision tower + projector per video:    2·N_vision·patches (+ projector), forward only when
-                                         frozen, ×3 when trained
+  vision tower + projector per video:    the family's `vision_flops` (forward), forward only
+                                         when frozen, ×3 when trained
 Shared layout per pair: the prompt (P tokens, causal: P²/2 key visits) once; each of the g
 responses (R tokens) over P prompt keys + its own causal R²/2. Naive: g sequences of P + R
 tokens, causal, and the video encoded g times. Static (padded) shapes, as the step runs them.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from leanpo_jax.models.config import VideoLLMConfig, num_video_tokens
+from leanpo_jax.models import family_of, num_video_tokens
 
 # bf16 dense matmul peaks (TFLOP/s per device). H100/H200: measured on the project's GPU
 # machine (~800, below the 989 datasheet figure); TPUs: datasheet values.
@@ -32,7 +32,7 @@ def device_peak_tflops(device_kind: str) -> Optional[float]:
     return None
 
 
-def _layer_matmul_params(config: VideoLLMConfig) -> int:
+def _layer_matmul_params(config) -> int:
     t = config.text
     hd = t.resolved_head_dim
     attn = t.hidden_size * hd * (t.num_heads * 2 + t.num_kv_heads * 2)
@@ -40,25 +40,12 @@ def _layer_matmul_params(config: VideoLLMConfig) -> int:
     return t.num_layers * (attn + mlp)
 
 
-def _attention(config: VideoLLMConfig, key_visits: float) -> float:
+def _attention(config, key_visits: float) -> float:
     t = config.text
     return 4.0 * t.num_layers * t.num_heads * t.resolved_head_dim * key_visits
 
 
-def _vision_forward(config: VideoLLMConfig, num_frames: int) -> float:
-    v = config.vision
-    if v is None:
-        return 0.0
-    patches = v.num_patches
-    per_layer = 4 * v.hidden_size ** 2 + 2 * v.hidden_size * v.intermediate_size
-    tower = 2.0 * num_frames * patches * (v.num_layers * per_layer + 3 * patches * v.hidden_size)
-    tower += 2.0 * num_frames * patches * 2 * patches * v.hidden_size * v.num_layers  # scores
-    d = config.text.hidden_size
-    projector = 2.0 * num_frames * patches * (v.hidden_size * d + d * d)
-    return tower + projector
-
-
-def step_flops(config: VideoLLMConfig, *, pairs: int, prompt_len: int, response_len: int,
+def step_flops(config, *, pairs: int, prompt_len: int, response_len: int,
                num_frames: int = 0, responses_per_pair: int = 2, layout: str = "shared",
                train_vision: bool = False) -> float:
     """Model FLOPs (forward + backward) of one train step over `pairs` pairs (module docstring)."""
@@ -76,11 +63,11 @@ def step_flops(config: VideoLLMConfig, *, pairs: int, prompt_len: int, response_
     llm = 3.0 * (dense * tokens + _attention(config, visits) + head)
     vision = 0.0
     if num_frames and config.vision is not None:
-        vision = videos * _vision_forward(config, num_frames) * (3.0 if train_vision else 1.0)
+        vision = videos * family_of(config).vision_flops(config, num_frames) * (3.0 if train_vision else 1.0)
     return pairs * (llm + vision)
 
 
-def batch_step_flops(config: VideoLLMConfig, batch_shapes: dict, *, layout: str,
+def batch_step_flops(config, batch_shapes: dict, *, layout: str,
                      train_vision: bool = False, responses_per_pair: int = 2) -> float:
     """`step_flops` from a batch's field shapes ({name: shape})."""
     pairs, prompt_len = batch_shapes["prompt_ids"][:2]

@@ -1,28 +1,15 @@
-"""The training step: pair log-probs (shared prefix or naive layout), objectives, accumulation.
+"""The training step: objectives over pair log-probs, exact gradient accumulation, the update.
 
     model_def, state = init_state(model, opt_cfg, seed)
     step = make_train_step(model_def, step_cfg, opt_cfg)    # jitted, state donated
     state, metrics = step(state, batch)                     # metrics: name -> (sum, count)
 
-Batch (leanpo_jax.data.pipeline): frames uint8 [B, F, S, S, 3]; prompt_ids / prompt_mask [B, P]
-RIGHT-padded, each row holding exactly num_video_tokens(F) placeholder ids; prompt_lengths [B];
-chosen_ids / chosen_mask / rejected_ids / rejected_mask [B, R] (right-padded); pair_weight [B]
-(0 = padding pair); for dpo also ref_chosen_logps / ref_rejected_logps [B] (summed).
-
-Shared layout (default), per pair (L = prompt length, y = a response, |y| <= R):
-    v          = encode_video(frames)               once per pair; stop_gradient if the tower
-                                                    and connector are frozen (no backward)
-    h_p, h_s   = packed(prompt, [y_c[:-1]; y_r[:-1]]) one pass over [prompt ‖ y_c ‖ y_r]: the
-                                                    prompt (positions 0..P-1) causally, each
-                                                    response (positions L + j) over the prompt's
-                                                    valid keys and its own, causally
-    log π(y_0) from h_p[L-1]; log π(y_j), j >= 1, from h_s[j-1]
-(equal to prefix(prompt) then suffix(responses, K); packing keeps the matmuls large.)
-Right padding needs no prompt mask in `prefix` (padded keys only follow valid queries); the
-suffix gets kv_mask = prompt_mask so its queries never see the padded keys.
-Naive layout: 2B sequences [prompt[:L] ‖ y ‖ 0…] of static length P + R, the video encoded per
-sequence (duplicated, as other trainers do), one full causal forward; log π(y_j) from h[L-1+j].
-Both give Σ_j mask_j·log π(y_j) and Σ_j mask_j per response (`losses.response_logps`).
+Batch (leanpo_jax.data.batch): frames uint8 [B, F, H, W, 3]; prompt_ids / prompt_mask [B, P]
+RIGHT-padded, each row holding exactly the video's placeholder ids; prompt_lengths [B];
+optional prompt_positions; chosen_ids / chosen_mask / rejected_ids / rejected_mask [B, R]
+(right-padded); pair_weight [B] (0 = padding pair); for dpo also ref_chosen_logps /
+ref_rejected_logps [B] (summed). Log-probs: `models.logps.pair_logps` (shared prefix or naive
+layout, `train.layout`).
 
 Objectives (cfg.loss.name), each `Σ_b w_b·ℓ_b / N_pairs` (+ the SFT term), w = pair_weight:
   leanpo  losses.leanpo_objective (average log-probs, SFT on chosen over N_tokens)
@@ -43,86 +30,15 @@ import jax.numpy as jnp
 import optax
 
 from leanpo_jax import losses
-from leanpo_jax.data.video import normalize_frames
+from leanpo_jax.models.logps import LAYOUTS, normalize_batch, pair_logps  # noqa: F401  (the step's layouts)
 from leanpo_jax.train.state import ModelDef, TrainState, cfg_get, make_optimizer, make_schedule
 from leanpo_jax.train.state import merge_model, skip_counts
 
-LAYOUTS = ("shared", "naive")
 LOSS_NAMES = ("leanpo", "simpo", "dpo", "sft")
 LOSS_DEFAULTS = dict(
     name="leanpo", beta=2.0, gamma=0.5, label_smoothing=0.1, smoothing_threshold=0.0,
     smoothing_form="code", sft_weight=0.5, dpo_kind="sigmoid",
 )
-
-
-def _group_rows(arrays) -> jax.Array:
-    """g arrays [B, ...] -> [gB, ...] interleaved rows [a0, b0, .., a1, b1, ..] (row r: pair r // g)."""
-    g = len(arrays)
-    return jnp.stack(arrays, axis=1).reshape((g * arrays[0].shape[0],) + arrays[0].shape[1:])
-
-
-def pair_logps(model, batch: Dict[str, jax.Array], *, layout: str = "shared",
-               chunk_size: int = 128, train_vision: bool = False,
-               names: Tuple[str, ...] = ("chosen", "rejected")) -> Dict[str, jax.Array]:
-    """-> {name}: summed response log-probs [B] and {name}_tokens: counts [B] for each name.
-
-    The responses are batch[f"{name}_ids"] / batch[f"{name}_mask"] (default chosen and
-    rejected; ("chosen",) alone for SFT). `batch["frames"]` must already be normalised floats.
-    `train_vision=False` stops the gradient at the video embeddings (the frozen tower is never
-    differentiated).
-    """
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
-    g = len(names)
-    prompt, prompt_mask = batch["prompt_ids"], batch["prompt_mask"]
-    lengths = batch["prompt_lengths"].astype(jnp.int32)
-    responses = _group_rows([batch[f"{n}_ids"] for n in names]).astype(jnp.int32)
-    masks = _group_rows([batch[f"{n}_mask"] for n in names])
-    rows, resp_len = responses.shape
-    row_lengths = jnp.repeat(lengths, g)
-    # Text-only models (config.vision None) and batches without frames run the LLM alone.
-    frames = batch.get("frames") if model.vision_tower is not None else None
-
-    def encode(f):
-        if f is None:
-            return None
-        video = model.encode_video(f)
-        return video if train_vision else jax.lax.stop_gradient(video)
-
-    if layout == "shared":
-        video = encode(frames)
-        hidden_s = None
-        if resp_len > 1:  # one pass over [prompt ‖ its responses] (model.packed)
-            positions = row_lengths[:, None] + jnp.arange(resp_len - 1, dtype=jnp.int32)[None]
-            hidden_p, hidden_s = model.packed(prompt, video, responses[:, :-1], positions, kv_mask=prompt_mask)
-        else:
-            hidden_p, _ = model.prefix(prompt, video)
-        last = jnp.take_along_axis(hidden_p, (lengths - 1)[:, None, None], axis=1)  # [B, 1, D]
-        hidden = jnp.repeat(last, g, axis=0)
-        if hidden_s is not None:
-            hidden = jnp.concatenate([hidden, hidden_s.astype(hidden.dtype)], axis=1)
-    else:
-        video = encode(None if frames is None else jnp.repeat(frames, g, axis=0))
-        seq_len = prompt.shape[1] + resp_len
-        j = jnp.arange(seq_len, dtype=jnp.int32)[None]
-        rows_prompt = jnp.repeat(prompt, g, axis=0).astype(jnp.int32)
-        from_prompt = jnp.take_along_axis(rows_prompt, jnp.minimum(j, prompt.shape[1] - 1), axis=1)
-        offset = j - row_lengths[:, None]
-        from_resp = jnp.take_along_axis(responses, jnp.clip(offset, 0, resp_len - 1), axis=1)
-        ids = jnp.where(offset < 0, from_prompt, jnp.where(offset < resp_len, from_resp, 0))
-        # Right padding: plain causal attention is exact at every valid position.
-        full = model(ids, video)
-        picks = row_lengths[:, None] - 1 + jnp.arange(resp_len, dtype=jnp.int32)[None]
-        hidden = jnp.take_along_axis(full, picks[..., None], axis=1)
-
-    sums, counts = losses.response_logps(
-        hidden, model.lm_head_kernel(), responses, masks, chunk_size=chunk_size
-    )
-    sums, counts = sums.reshape(-1, g), counts.reshape(-1, g)
-    out = {}
-    for i, n in enumerate(names):
-        out[n], out[f"{n}_tokens"] = sums[:, i], counts[:, i]
-    return out
 
 
 def global_counts(batch) -> Tuple[jax.Array, jax.Array]:
@@ -197,18 +113,6 @@ def loss_fn(trainable, frozen, batch, *, model_def: ModelDef, cfg, num_pairs=Non
         names=("chosen",) if sft_only else ("chosen", "rejected"),
     )
     return objective(logps, batch, cfg, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
-
-
-def normalize_batch(batch, config):
-    """Frames uint8 -> float32 with the model config's mean/std (done on device, in the step);
-    dropped for text-only models. `config`: the model's VideoLLMConfig."""
-    batch = dict(batch)
-    if config.vision is None:
-        batch.pop("frames", None)
-    elif "frames" in batch and jnp.issubdtype(batch["frames"].dtype, jnp.integer):
-        batch["frames"] = normalize_frames(batch["frames"], config.vision.image_mean,
-                                           config.vision.image_std)
-    return batch
 
 
 def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):

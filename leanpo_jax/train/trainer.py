@@ -26,10 +26,15 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from leanpo_jax import losses
+from leanpo_jax.data.pipeline import DataPipeline
+from leanpo_jax.data.tokenize import save_tokenizer_files
+from leanpo_jax.models import save_hf
+from leanpo_jax.models.runtime import data_interface, model_source
+from leanpo_jax.models.scoring import score_pairs
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import config as config_lib
 from leanpo_jax.train import flops as flops_lib
-from leanpo_jax.train import inputs, metrics_log, reference, scoring, sharding
+from leanpo_jax.train import inputs, metrics_log, reference, sharding
 from leanpo_jax.train import state as state_lib
 from leanpo_jax.train import step as step_lib
 
@@ -49,40 +54,12 @@ class TrainingStopped(RuntimeError):
         self.exit_code = exit_code
 
 
-def model_config(config: ml_collections.ConfigDict, platform: str):
-    """The VideoLLMConfig to build (preset + dtype / attention / remat / vocab overrides)."""
-    from leanpo_jax.models.config import get_preset
-
-    base = get_preset(config.model.preset)
-    if config.model.vocab_size:
-        base = base.replace(text=dataclasses.replace(base.text, vocab_size=int(config.model.vocab_size)))
-    return base.replace(dtype=config_lib.resolve_dtype(config, platform),
-                        attention_impl=config_lib.resolve_attention(config, platform),
-                        remat=bool(config.model.remat))
-
-
-def build_model(config: ml_collections.ConfigDict, mesh, platform: str):
-    """The initial model on the mesh: `model.init_from` (HF folder) or the seeded preset."""
-    from leanpo_jax.models import hf_io
-    from leanpo_jax.models.video_llm import VideoLLM
-
-    wanted = model_config(config, platform)
-    if config.model.init_from:
-        model = hf_io.load_hf(config.model.init_from)
-        model.config = model.config.replace(dtype=wanted.dtype, attention_impl=wanted.attention_impl,
-                                            remat=wanted.remat)
-        return sharding.shard_model(model, mesh)
-    return sharding.build_sharded(lambda: VideoLLM(wanted, rngs=nnx.Rngs(int(config.seed))), mesh)
-
-
-def _check_data_fits_model(spec, model) -> None:
-    n = model.num_video_tokens(spec.num_frames) if model.config.vision is not None else 0
-    if model.config.vision is not None and (n != spec.num_video_tokens or
-                                            model.config.vision.image_size != spec.image_size):
-        raise ValueError(
-            f"data.model_preset={spec.model_preset!r} gives {spec.num_video_tokens} video tokens at "
-            f"{spec.image_size}px but the model needs {n} at {model.config.vision.image_size}px; "
-            "set data.model_preset to the model's preset")
+def build_model(source, seed: int, mesh):
+    """The initial model on the mesh: the checkpoint of `source` (a models.ModelSource) or
+    its seeded random init."""
+    if source.folder is not None:
+        return sharding.shard_model(source.load(), mesh)
+    return sharding.build_sharded(lambda: source.build(seed), mesh)
 
 
 def _opt_cfg(config, total_steps: int) -> Dict:
@@ -105,6 +82,9 @@ class Trainer:
         self.platform = jax.devices()[0].platform
         self.is_main = jax.process_index() == 0
         config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+        # The model decides what the data side needs: frames, template, tokenizer.
+        self.source = model_source(config.model, self.platform)
+        self.interface = data_interface(self.source, config.data)
         os.makedirs(self.workdir, exist_ok=True)
         self.mesh = sharding.mesh_from_config(config)
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(self.workdir, "checkpoints"),
@@ -123,10 +103,8 @@ class Trainer:
 
     # ----------------------------------------------------------------------------- setup
     def _pipelines(self):
-        from leanpo_jax.data.pipeline import DataPipeline
-
         self.train_data = inputs.training_data(self.config, self.workdir)
-        self.pipeline = DataPipeline(self.train_data, train=True, workdir=self.workdir)
+        self.pipeline = DataPipeline(self.train_data, model=self.interface, train=True, workdir=self.workdir)
         if self.is_main and self.pipeline.skipped_path and not os.path.exists(self.pipeline.skipped_path):
             # Present even when empty: "no record was skipped" is visible, not implied.
             open(self.pipeline.skipped_path, "a", encoding="utf-8").close()
@@ -142,13 +120,13 @@ class Trainer:
         self.total_steps, self.num_steps = int(total), int(num)
 
     def _side_pipeline(self, which: str, tag: str):
-        from leanpo_jax.data.pipeline import DataPipeline
-
         data = inputs.side_data(self.config, self.workdir, which)
         if data is None:
             return None
         path = os.path.join(self.workdir, f"skipped_records.{tag}.jsonl")
-        return lambda: DataPipeline(data, train=False, skipped_path=path if self.is_main else None)
+        # The training pipeline's tokenizer: probe / eval / references tokenise as training does.
+        return lambda: DataPipeline(data, model=self.interface, train=False, tokenizer=self.pipeline.tokenizer,
+                                    skipped_path=path if self.is_main else None)
 
     def _to_device(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
         return sharding.global_batch(inputs.adapt_batch(host), self.mesh)
@@ -156,7 +134,7 @@ class Trainer:
     def _score(self, pipe, model) -> Dict[str, np.ndarray]:
         """Scores every record of an eval-mode pipeline (closed afterwards), on the mesh."""
         with pipe, jax.set_mesh(self.mesh):
-            return scoring.score_pairs(model, pipe, num_records=len(pipe.source),
+            return score_pairs(model, pipe, num_records=len(pipe.source),
                                        layout=self.config.train.layout,
                                        chunk_size=int(self.config.train.chunk_size),
                                        to_device=self._to_device)
@@ -165,8 +143,6 @@ class Trainer:
         """DPO: reference log-probs of the initial model for the training (and eval) records."""
         if self.config.loss.name != "dpo":
             return None
-        from leanpo_jax.data.pipeline import DataPipeline
-
         weights = reference.weights_identity(self.config.model.init_from, self.config.seed,
                                              repr(model.config))
         refs = {}
@@ -174,13 +150,15 @@ class Trainer:
                           ("eval", inputs.side_data(self.config, self.workdir, "eval"))):
             if data is None:
                 continue
-            keys = {k: data[k] for k in ("tokenizer", "num_frames", "max_prompt_text_tokens",
-                                         "max_response_tokens", "model_preset", "video_root")}
+            keys = {k: data[k] for k in ("num_frames", "max_prompt_text_tokens", "max_response_tokens",
+                                         "video_root")}
+            keys.update(tokenizer=self.pipeline.tokenizer.where, template=repr(self.interface.template))
             key = reference.cache_key(data.pairs, keys, weights)
             path = os.path.join(self.workdir, f"skipped_records.reference_{tag}.jsonl")
             refs[tag] = reference.reference_logps(
                 lambda pipe: self._score(pipe, model),
-                lambda d=data, p=path: DataPipeline(d, train=False, skipped_path=p),
+                lambda d=data, p=path: DataPipeline(d, model=self.interface, train=False,
+                                                    tokenizer=self.pipeline.tokenizer, skipped_path=p),
                 key=key, cache_dir=os.path.join(self.workdir, "reference"), write=self.is_main)
         return refs
 
@@ -235,15 +213,12 @@ class Trainer:
         return state_lib.merge_model(self.model_def, state.params["trainable"], state.params["frozen"])
 
     def _save(self, state, step: int, *, force: bool = False) -> None:
-        meta = {"config": self.flat_config, "frozen_weights_from": self.config.model.init_from
-                or f"random init: preset {self.config.model.preset}, seed {self.config.seed}",
+        meta = {"config": self.flat_config, "frozen_weights_from": self.source.folder
+                or f"random init: {self.source.where}, seed {self.config.seed}",
                 "total_steps": self.total_steps, "process_count": jax.process_count()}
         self.ckpt.save(step, state, data_state=self.pipeline.get_state(), meta=meta, force=force)
 
     def _export(self, state) -> str:
-        from leanpo_jax.data.tokenize import save_tokenizer_files
-        from leanpo_jax.models.hf_io import save_hf
-
         replicated = NamedSharding(self.mesh, PartitionSpec())
         with jax.set_mesh(self.mesh):
             params = jax.jit(lambda p: p, out_shardings=replicated)(state.params)
@@ -251,10 +226,15 @@ class Trainer:
         model = state_lib.merge_model(self.model_def, trainable, params["frozen"])
         out = os.path.join(self.workdir, "hf")
         if self.is_main:
-            save_hf(model, out)
+            tokenizer = self.pipeline.tokenizer
+            index = self.interface.video_token_index
+            # The placeholder's text in the training tokenizer goes into config.json, so the
+            # exported folder's tokenizer and config agree when it is loaded again.
+            token = None if index is None else tokenizer.tokenizer.id_to_token(index)
+            save_hf(model, out, **({} if token is None else {"video_token": token}))
             # The training tokenizer beside the weights: the folder is a complete model for
             # transformers (AutoTokenizer) and as data.tokenizer for generation here.
-            save_tokenizer_files(self.train_data.tokenizer, out)
+            save_tokenizer_files(tokenizer.where, out)
         return out
 
     # ----------------------------------------------------------------------------- the loop
@@ -266,8 +246,7 @@ class Trainer:
             if self.is_main:
                 print(message, flush=True)
             return {"status": "done", "step": self.latest, "message": message}
-        model = build_model(config, self.mesh, self.platform)
-        _check_data_fits_model(self.pipeline.spec, model)
+        model = build_model(self.source, int(config.seed), self.mesh)
         self.model_flops_config = model.config
         opt_cfg = _opt_cfg(config, self.total_steps)
         opt_cfg["max_consecutive_skips"] = 2**30  # the loop stops first (train.max_consecutive_skips)
@@ -374,7 +353,7 @@ class Trainer:
                                           "rerun the same command to continue", EXIT_SIGTERM)
         self.ckpt.wait()
         self._finish_logging(bar)
-        plot = metrics_log.plot_curves(self.workdir, title=f"{config.loss.name}, {config.model.preset}") \
+        plot = metrics_log.plot_curves(self.workdir, title=f"{config.loss.name}, {self.source.where}") \
             if self.is_main else None
         hf_dir = self._export(state) if config.checkpoint.export_hf else None
         summary = {"status": "done", "step": step, "last": last_row, "plot": plot, "hf": hf_dir,

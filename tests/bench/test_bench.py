@@ -59,8 +59,8 @@ def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     duplicated) equals our train step's on the same weights: both run one objective."""
     from leanpo_jax.bench.step_bench import run_step
     from leanpo_jax.bench.torch_peer import run_peer
-    from leanpo_jax.models.hf_io import save_hf
-    from leanpo_jax.models.video_llm import build_model
+    from leanpo_jax.models import save_hf
+    from leanpo_jax.models import build_model
 
     save_hf(build_model(shape.config(), seed=0), str(tmp_path))  # run_step builds this same model
     ours = run_step(shape, "shared", dtype="float32", attention=None, steps=1, warmup=0)

@@ -18,9 +18,12 @@ import pytest
 from leanpo_jax.data.config import data_config
 
 from leanpo_jax.data import check, pipeline, records, synthetic
+from leanpo_jax.models import resolve_model
 
 from conftest import REPO_ROOT
 
+# The model the data side serves: the tiny preset (24 px frames, 17 video tokens at 4 frames).
+TINY = resolve_model("tiny").interface()
 GOOD = 9  # good records in `bad.jsonl` besides the bad ones below
 
 # (line kind, expected reason) for every bad-input kind; see `data` below.
@@ -111,6 +114,7 @@ def config(root, name, **changes):
 def make(cfg, train, **kwargs):
     kwargs.setdefault("process_index", 0)
     kwargs.setdefault("process_count", 1)
+    kwargs.setdefault("model", TINY)
     return pipeline.DataPipeline(cfg, train=train, **kwargs)
 
 
@@ -148,23 +152,23 @@ def test_checker_defaults_are_the_data_block_the_configs_start_from():
     assert defaults == data_config().to_dict()
     block = tiny.get_config().data.to_dict()
     assert set(defaults) <= set(block)
-    for key in ("model_preset", "num_frames", "tokenizer", "batch_size", "padding_side", "kind"):
+    for key in ("num_frames", "tokenizer", "batch_size", "padding_side", "kind"):
         assert block[key] == defaults[key], key
 
 
 def test_config_errors_name_the_key():
     with pytest.raises(ValueError, match="data.max_response_tokens=65"):
-        pipeline.resolve_spec(config("", "x", max_response_tokens=65))
+        pipeline.resolve_spec(config("", "x", max_response_tokens=65), TINY)
     with pytest.raises(ValueError, match="data.padding_side"):
-        pipeline.resolve_spec(config("", "x", padding_side="left"))
+        pipeline.resolve_spec(config("", "x", padding_side="left"), TINY)
     with pytest.raises(ValueError, match="data.response_buckets"):
-        pipeline.resolve_spec(config("", "x", response_buckets=(32, 16)))
+        pipeline.resolve_spec(config("", "x", response_buckets=(32, 16)), TINY)
 
 
 def test_shapes_dtypes_right_padding_and_eval_padding_rows(eval_batches):
     pipe, batches = eval_batches
     spec = pipe.spec
-    b, f, s, p = 3, spec.num_frames, spec.image_size, spec.prompt_len
+    b, f, (s, _), p = 3, spec.num_frames, spec.frames.size, spec.prompt_len
     assert (spec.num_video_tokens, p) == (17, 17 + 64)  # tiny preset: 4 frames x 2x2 + 1 newline
     assert len(batches) == 5  # 13 records, B = 3: the last batch has 2 zero-weight rows
     for batch in batches:

@@ -8,10 +8,11 @@ import pytest
 
 from leanpo_jax.data import records as R
 from leanpo_jax.data import tokenize as T
-from leanpo_jax.models.config import get_preset, num_video_tokens
+from leanpo_jax.models import get_preset, num_video_tokens, resolve_model
 
 IM_START, IM_END, NEWLINE = 151644, 151645, 198
 CONFIG = get_preset("tiny")
+INTERFACE = resolve_model("tiny").interface()
 F = 4
 N = num_video_tokens(CONFIG, F)
 PAIR = R.PairRecord("p1", "v.mp4", "What shape moves left?", "A red circle moves left.",
@@ -20,7 +21,7 @@ PAIR = R.PairRecord("p1", "v.mp4", "What shape moves left?", "A red circle moves
 
 @pytest.fixture(scope="module")
 def chat():
-    return T.ChatTokenizer.from_config(CONFIG)
+    return T.ChatTokenizer.for_model(INTERFACE)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_placeholder_count_is_exact_and_only_from_ids(chat):
 
 
 def test_system_prompt_and_time_instruction(chat, raw):
-    bare = T.ChatTokenizer.from_config(CONFIG, system_prompt=None)
+    bare = T.ChatTokenizer.for_model(INTERFACE, system_prompt=None)
     assert bare.prompt_ids("q", 2).tolist() == (
         [IM_START] + _enc(raw, "user\n") + [151647] * 2 + _enc(raw, "\nq")
         + [IM_END, NEWLINE, IM_START] + _enc(raw, "assistant\n"))

@@ -3,15 +3,20 @@
 import pytest
 
 from leanpo_jax.generate import config as gen_config
+from leanpo_jax.models import get_preset
+from leanpo_jax.models.family import NUCLEUS
+from leanpo_jax.models.registry import preset_family
 
 
 def test_family_defaults_fill_unset_decoding():
     g = gen_config.generate_config()
-    assert gen_config.resolved_decoding(g, "winner", "llava-ov-qwen2-0.5b") == {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
-    assert gen_config.resolved_decoding(g, "winner", "llava-next-video-7b")["top_p"] == 0.9
-    assert gen_config.resolved_decoding(g, "loser", "llava-next-video-7b") == {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
+    ov = preset_family("llava-ov-qwen2-0.5b").decoding_defaults(get_preset("llava-ov-qwen2-0.5b"))
+    assert gen_config.resolved_decoding(g, "winner", ov) == {"temperature": 0.0, "top_p": 1.0, "top_k": 0}
+    # Vicuna-era families (LLaVA-NeXT-Video) sample.
+    assert gen_config.resolved_decoding(g, "winner", NUCLEUS)["top_p"] == 0.9
+    assert gen_config.resolved_decoding(g, "loser", NUCLEUS) == {"temperature": 1.0, "top_p": 1.0, "top_k": 0}
     g.winner.temperature = 0.7
-    assert gen_config.resolved_decoding(g, "winner", "llava-next-video-7b")["temperature"] == 0.7
+    assert gen_config.resolved_decoding(g, "winner", NUCLEUS)["temperature"] == 0.7
     gen_config.check_generate_config(g)
 
 

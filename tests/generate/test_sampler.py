@@ -10,8 +10,8 @@ import pytest
 from flax import nnx
 
 from leanpo_jax.generate.sampler import Sampler, SamplingConfig, sample_logits
-from leanpo_jax.models.config import get_preset, num_video_tokens
-from leanpo_jax.models.video_llm import build_model
+from leanpo_jax.models import get_preset, num_video_tokens
+from leanpo_jax.models import build_model
 
 VOCAB, LIMIT, STEPS = 300, 290, 6
 

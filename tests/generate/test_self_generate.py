@@ -17,6 +17,7 @@ from conftest import REPO_ROOT
 from leanpo_jax.data import synthetic
 from leanpo_jax.data.config import data_config
 from leanpo_jax.data.pipeline import DataPipeline
+from leanpo_jax.models import resolve_model
 
 GOOD = 6
 
@@ -96,7 +97,7 @@ def test_killed_restarted_complete_and_readable_by_training(corpus):
     data = data_config()
     data.pairs, data.video_root, data.batch_size = output, root, 2
     data.max_response_tokens, data.response_buckets = 32, (16, 32)
-    with DataPipeline(ml_collections.ConfigDict(data), train=False) as pipe:
+    with DataPipeline(ml_collections.ConfigDict(data), model=resolve_model("tiny").interface(), train=False) as pipe:
         batches = list(pipe)
         stats = pipe.stats()
     assert stats["ok"] == GOOD and not stats["skipped"] and len(batches) == GOOD // 2

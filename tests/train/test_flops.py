@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from leanpo_jax.models.config import get_preset
+from leanpo_jax.models import get_preset
 from leanpo_jax.train import flops
 
 

@@ -74,7 +74,7 @@ def test_cli_run_writes_every_artifact_and_learns(full_run):
     assert os.path.getsize(os.path.join(workdir, "training_curves.png")) > 10_000
     assert os.path.exists(os.path.join(workdir, "skipped_records.jsonl"))
 
-    from leanpo_jax.models.hf_io import load_hf
+    from leanpo_jax.models import load_hf
     from flax import nnx
 
     # The export is a complete HF folder: weights, config and the training tokenizer.

@@ -15,7 +15,8 @@ import json
 import os
 from typing import Optional
 
-from leanpo_jax.models.config import NEWLINE_LAYOUTS, TextConfig, VideoLLMConfig, VisionConfig
+from leanpo_jax.models.llava_onevision.config import NEWLINE_LAYOUTS, VideoLLMConfig, VisionConfig
+from leanpo_jax.models.text_config import TextConfig
 
 # Full google/siglip-so400m-patch14-384; lmms-lab configs name it and select layer -2 -> 26 run.
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
@@ -23,6 +24,17 @@ _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
 # Runtime choices, not properties of the weights: never written, so a load picks its own.
 _RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat")
 _UNSUPPORTED = "is not supported (llava_onevision, lmms-lab llava_qwen, qwen2 or llama)"
+FAMILY_NAME = "llava_onevision"
+
+
+def is_family_config(d: dict) -> bool:
+    """True for the config.json dicts `config_from_hf` reads (see the module docstring)."""
+    ours = d.get("leanpo_jax")
+    if isinstance(ours, dict):
+        return ours.get("family", FAMILY_NAME) == FAMILY_NAME
+    kind = str(d.get("model_type", ""))
+    # lmms-lab LlavaQwenForCausalLM configs are Qwen2 configs with mm_* keys.
+    return kind in ("llava_onevision", "qwen2", "llama") or any(k.startswith("mm_") for k in d)
 
 
 def _text_config(tc, *, tie: bool) -> TextConfig:
@@ -141,11 +153,11 @@ def config_from_hf(d: dict, base_dir: Optional[str] = None) -> VideoLLMConfig:
 
 def _leanpo_dict(config: VideoLLMConfig) -> dict:
     d = dataclasses.asdict(config)
-    return {"version": 1, **{k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}}
+    return {"version": 1, "family": FAMILY_NAME, **{k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}}
 
 
 def _config_from_leanpo(d: dict) -> VideoLLMConfig:
-    d = {k: v for k, v in d.items() if k != "version"}
+    d = {k: v for k, v in d.items() if k not in ("version", "family")}
     v = d.pop("vision")
     # JSON turns the mean/std tuples into lists; the frozen dataclass compares tuples.
     vision = None if v is None else VisionConfig(

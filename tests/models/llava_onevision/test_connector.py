@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leanpo_jax.models.config import get_preset, num_video_tokens
-from leanpo_jax.models.connector import (
+from leanpo_jax.models import get_preset, num_video_tokens
+from leanpo_jax.models.llava_onevision.connector import (
     VideoConnector, export_connector_state_dict, insert_newlines, load_connector_state_dict,
     pool_frames,
 )

@@ -10,9 +10,9 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from leanpo_jax.models.config import get_preset
+from leanpo_jax.models import get_preset
 from leanpo_jax.models.params import num_params
-from leanpo_jax.models.siglip import (
+from leanpo_jax.models.llava_onevision.siglip import (
     SiglipVisionTower, export_siglip_state_dict, layer_norm, load_siglip_state_dict,
     siglip_hf_table,
 )

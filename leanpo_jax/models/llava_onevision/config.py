@@ -1,4 +1,4 @@
-"""Configuration dataclasses and named presets for the Video-LLM.
+"""LLaVA-OneVision / LLaVA-Video configuration (SigLIP + projector + pooling + Qwen2) and presets.
 
 Presets describe shapes only; weights come from `load_hf` or a seeded random init.
 """
@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from typing import Optional
+
+from leanpo_jax.models.text_config import TextConfig
 
 POOL_MODES = ("bilinear", "average", "none")
 NEWLINE_LAYOUTS = ("grid", "one_token", "frame", "no_token")
@@ -43,28 +45,6 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class TextConfig:
-    """Qwen2 / Llama-architecture decoder."""
-
-    vocab_size: int = 151936
-    hidden_size: int = 896
-    intermediate_size: int = 4864
-    num_layers: int = 24
-    num_heads: int = 14
-    num_kv_heads: int = 2
-    head_dim: Optional[int] = None  # None: hidden_size // num_heads
-    rope_theta: float = 1_000_000.0
-    rms_norm_eps: float = 1e-6
-    attention_bias: bool = True  # Qwen2: q/k/v bias; Llama: none
-    tie_word_embeddings: bool = True
-    max_position_embeddings: int = 32768
-
-    @property
-    def resolved_head_dim(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
-
-
-@dataclasses.dataclass(frozen=True)
 class VideoLLMConfig:
     """LLaVA-OneVision / LLaVA-Video: SigLIP -> projector -> per-frame pool -> newlines -> Qwen2.
 
@@ -78,6 +58,9 @@ class VideoLLMConfig:
     num_frames: int = 32
     image_token_index: int = 151646
     video_token_index: int = 151647
+    # The placeholder's text in the model's own tokenizer (llava-hf: "<video>"); a checkpoint's
+    # tokenizer.json must map video_token_index to it. Ids are always inserted directly.
+    video_token: str = "<video>"
     # Compute / parameter dtypes and attention implementation ("xla", "cudnn" or None = JAX picks).
     dtype: str = "float32"
     param_dtype: str = "float32"
@@ -178,9 +161,3 @@ PRESETS = {
     ),
 }
 
-
-def get_preset(name: str) -> VideoLLMConfig:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}") from None

@@ -1,8 +1,8 @@
 """HF checkpoints <-> VideoLLM: LLaVA-OneVision / LLaVA-Video (llava-hf or lmms-lab), Qwen2, Llama.
 
     model = load_hf("folder")                                # config.json + safetensors
-    model = load_hf("w.safetensors", preset="tiny")          # a bare file needs config=/preset=
-    save_hf(model, "out")    # llava-hf hub names + a config.json transformers loads
+    model = load_hf("w.safetensors", config=cfg)             # a bare file needs config=
+    save_hf(model, "out")    # llava-hf hub names + config.json + preprocessor configs
 
 Namings, detected from the tensor keys (models.md 1.9), all renamed to one canonical form (the
 llava-hf hub names; plain causal-LM names when the config is text-only):
@@ -40,15 +40,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leanpo_jax.models.config import PRESETS, VideoLLMConfig, get_preset
-from leanpo_jax.models.connector import connector_hf_table
-from leanpo_jax.models.hf_config import config_from_hf, hf_config_dict
+from leanpo_jax.models.llava_onevision import preprocessor
+from leanpo_jax.models.llava_onevision.config import VideoLLMConfig
+from leanpo_jax.models.llava_onevision.connector import connector_hf_table
+from leanpo_jax.models.llava_onevision.hf_config import config_from_hf, hf_config_dict
+from leanpo_jax.models.llava_onevision.model import VideoLLM
+from leanpo_jax.models.llava_onevision.siglip import siglip_hf_table
 from leanpo_jax.models.qwen2 import flax_to_hf, hf_names, hf_to_flax
 from leanpo_jax.models.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
 )
-from leanpo_jax.models.siglip import siglip_hf_table
-from leanpo_jax.models.video_llm import VideoLLM, abstract_model
 
 _LM, _LM_HEAD = "language_model.model.", "language_model.lm_head.weight"
 _VT, _TEXT_HEAD = "vision_tower.vision_model.", "lm_head.weight"
@@ -179,20 +180,20 @@ def _variable(model, path) -> nnx.Variable:
 
 
 # --------------------------------------------------------------------------------------- load
-def _resolve_config(path, ckpt, naming, config, preset) -> VideoLLMConfig:
-    if config is not None and preset is not None:
-        raise ValueError("pass config= or preset=, not both")
-    if config is not None:
-        return config
-    if preset is not None:
-        return get_preset(preset)
+def checkpoint_config(path: str, config_json: Optional[dict] = None, ckpt=None) -> VideoLLMConfig:
+    """The config of the HF folder `path`: config.json (hf_config.py), the frame statistics of
+    its preprocessor configs (preprocessor.py) and vocab_size from the embedding's rows (the
+    weights are not read, only the safetensors headers)."""
     cfg_file = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_file):
-        raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
-                         "unknown; pass config=VideoLLMConfig(...) or preset=<one of "
-                         f"{sorted(PRESETS)}>")
-    with open(cfg_file) as f:
-        config = config_from_hf(json.load(f), base_dir=path)
+    if config_json is None:
+        if not os.path.isfile(cfg_file):
+            raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
+                             "unknown; pass config=VideoLLMConfig(...) or preset=NAME")
+        with open(cfg_file) as f:
+            config_json = json.load(f)
+    config = _with_frame_settings(config_from_hf(config_json, base_dir=path), path, cfg_file)
+    ckpt = open_checkpoint(path) if ckpt is None else ckpt
+    naming = detect_naming(ckpt, path)
     # The embedding's rows are the truth for vocab_size (releases pad the table differently).
     text_only = config.vision is None
     emb = canonical_names(ckpt, naming, text_only, path).get(
@@ -200,6 +201,26 @@ def _resolve_config(path, ckpt, naming, config, preset) -> VideoLLMConfig:
     if emb is None:
         return config
     return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(emb)[1][0]))
+
+
+def _with_frame_settings(config: VideoLLMConfig, folder: str, cfg_file: str) -> VideoLLMConfig:
+    """config with the mean/std of the folder's preprocessor config; a frame size or resize
+    policy other than the tower's direct image_size resize is an error naming both files."""
+    found = preprocessor.read_frame_settings(folder) if config.vision is not None else None
+    if found is None:
+        return config
+    v = config.vision
+    if (found["size"] not in (None, (v.image_size, v.image_size))
+            or found["resize"] != "direct"):
+        raise ValueError(
+            f"{found['file']} resizes frames to {found['size']} ({found['resize']}) but {cfg_file} "
+            f"describes a SigLIP tower that takes {v.image_size}x{v.image_size} frames (direct "
+            "resize): the checkpoint's files disagree; fix the preprocessor config's size")
+    stats = {k: found[k] for k in ("mean", "std") if found[k] is not None}
+    if not stats:
+        return config
+    return config.replace(vision=dataclasses.replace(
+        v, **{f"image_{k}": value for k, value in stats.items()}))
 
 
 def _check_names(path, naming, names, table, config) -> tuple:
@@ -222,22 +243,21 @@ def _check_names(path, naming, names, table, config) -> tuple:
     return extras, tied_head
 
 
-def load_hf(path, *, config: Optional[VideoLLMConfig] = None, preset: Optional[str] = None,
-            dtype=None) -> VideoLLM:
+def load_hf(path, *, config: Optional[VideoLLMConfig] = None, dtype=None) -> VideoLLM:
     """A VideoLLM from an HF folder (config.json + safetensors, sharded or not) or a bare
-    .safetensors file (needs config= or preset=); `config`/`preset` override config.json.
+    .safetensors file (needs config=); `config` overrides the folder's (`checkpoint_config`).
     Each tensor is read once and streamed into an abstractly built model (no random init)."""
     path = os.fspath(path)
     ckpt = open_checkpoint(path)
     naming = detect_naming(ckpt, path)
-    config = _resolve_config(path, ckpt, naming, config, preset)
+    config = checkpoint_config(path, ckpt=ckpt) if config is None else config
     names = canonical_names(ckpt, naming, config.vision is None, path)
     table = _table(config)
     extras, tied_head = _check_names(path, naming, names, table, config)
     target = None if dtype is None else np.dtype(jnp.dtype(dtype))
     emb_name = next(e.name for e in table if e.path == ("language_model", "embed_tokens"))
     dt = (target or np.dtype(ckpt.info(names[emb_name])[0])).name
-    model = abstract_model(config.replace(dtype=dt, param_dtype=dt))
+    model = nnx.eval_shape(lambda: VideoLLM(config.replace(dtype=dt, param_dtype=dt), rngs=nnx.Rngs(0)))
 
     def cast(a):
         floating = jnp.issubdtype(a.dtype, jnp.floating)
@@ -282,12 +302,14 @@ def load_hf(path, *, config: Optional[VideoLLMConfig] = None, preset: Optional[s
 
 
 # --------------------------------------------------------------------------------------- save
-def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES) -> str:
+def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+            video_token: Optional[str] = None) -> str:
     """Writes every tensor (params in their dtype, hf_extra, post_layernorm) under llava-hf hub
-    names (plain causal-LM names when text-only) + config.json into out_dir; returns out_dir.
-    Old model*.safetensors / index files in out_dir are removed first."""
+    names (plain causal-LM names when text-only) + config.json + the preprocessor configs into
+    out_dir; returns out_dir. `video_token`: the placeholder's text in the tokenizer saved
+    beside it (recorded in config.json). Old model*.safetensors / index files are removed first."""
     out_dir = os.fspath(out_dir)
-    config = model.config
+    config = model.config if video_token is None else model.config.replace(video_token=video_token)
     table = _table(config)
     groups = _groups(table)
     extras = dict(model.hf_extra.get_value() or {})
@@ -329,4 +351,8 @@ def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHAR
                         vision_head=any(n.startswith(_VT + "head.") for n in extras))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
+    if config.vision is not None:
+        v = config.vision
+        preprocessor.write_preprocessor_configs(out_dir, image_size=v.image_size, mean=v.image_mean,
+                                                std=v.image_std)
     return out_dir

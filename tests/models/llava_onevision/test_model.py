@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leanpo_jax.models.config import get_preset, num_video_tokens
-from leanpo_jax.models.video_llm import VideoLLM, abstract_model, build_model, merge_video_embeds
+from leanpo_jax.models import get_preset, num_video_tokens
+from leanpo_jax.models import VideoLLM, abstract_model, build_model
+from leanpo_jax.models.merge import merge_video_embeds
 
 FRAMES = 4
 RESPONSE = 5

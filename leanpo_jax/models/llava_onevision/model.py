@@ -1,4 +1,4 @@
-"""The Video-LLM: SigLIP tower -> projector -> per-frame pooling -> newlines, spliced into Qwen2.
+"""LLaVA-OneVision / LLaVA-Video: SigLIP tower -> projector -> pooling -> newlines, spliced into Qwen2.
 
     video_embeds = model.encode_video(frames)                 # [B, F, H, W, 3] normalised -> [B, N, D]
     hidden = model(input_ids, video_embeds=video_embeds)      # [B, T, D] final-norm hidden states
@@ -7,8 +7,7 @@
     hidden_s = model.suffix(token_ids, positions=..., kv_prefix=kv, kv_mask=...)
 
 The prompt holds exactly N = num_video_tokens(config, F) copies of `config.video_token_index`
-(inserted as ids on the host); the i-th placeholder of a row takes the row's i-th video
-embedding. Shapes stay static: the merge is a cumulative-count gather, not a scatter.
+(inserted as ids on the host), merged by `models.merge`.
 """
 
 from __future__ import annotations
@@ -17,45 +16,18 @@ from typing import Optional
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.attention import KV, KVCache
-from leanpo_jax.models.config import VideoLLMConfig, get_preset, num_video_tokens
-from leanpo_jax.models.connector import VideoConnector
+from leanpo_jax.models.llava_onevision.config import VideoLLMConfig, num_video_tokens
+from leanpo_jax.models.llava_onevision.connector import VideoConnector
+from leanpo_jax.models.llava_onevision.siglip import SiglipVisionTower
+from leanpo_jax.models.merge import check_video_placeholders, is_concrete, merge_video_embeds
 from leanpo_jax.models.qwen2 import Qwen2
-from leanpo_jax.models.siglip import SiglipVisionTower
 
 
 class HFExtra(nnx.Variable):
     """Checkpoint tensors the forward pass does not use (kept so that save_hf round-trips)."""
-
-
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
-def check_video_placeholders(input_ids, video_token_index: int, num_video_tokens_: int) -> None:
-    """Host-side check that every row holds exactly `num_video_tokens_` placeholder ids."""
-    counts = np.sum(np.asarray(input_ids) == video_token_index, axis=-1).reshape(-1)
-    bad = np.nonzero(counts != num_video_tokens_)[0]
-    if bad.size:
-        row = int(bad[0])
-        raise ValueError(
-            f"row {row} of input_ids holds {int(counts[row])} video placeholder ids "
-            f"({video_token_index}) but the video embeddings have {num_video_tokens_} tokens; "
-            "insert exactly num_video_tokens(config, num_frames) placeholder ids per video."
-        )
-
-
-def merge_video_embeds(
-    text_embeds: jax.Array, input_ids: jax.Array, video_embeds: jax.Array, video_token_index: int
-) -> jax.Array:
-    """Replaces the placeholder rows of text_embeds [B, T, D] by video_embeds [B, N, D] in order."""
-    is_video = input_ids == video_token_index
-    order = jnp.clip(jnp.cumsum(is_video, axis=-1) - 1, 0, video_embeds.shape[1] - 1)
-    gathered = jnp.take_along_axis(video_embeds.astype(text_embeds.dtype), order[..., None], axis=1)
-    return jnp.where(is_video[..., None], gathered, text_embeds)
 
 
 class VideoLLM(nnx.Module):
@@ -90,7 +62,7 @@ class VideoLLM(nnx.Module):
         embeds = self.language_model.embed(safe_ids)
         if video_embeds is None:
             return embeds
-        if _is_concrete(input_ids):
+        if is_concrete(input_ids):
             check_video_placeholders(input_ids, index, video_embeds.shape[1])
         return merge_video_embeds(embeds, input_ids, video_embeds, index)
 
@@ -116,17 +88,21 @@ class VideoLLM(nnx.Module):
         embeds = self.language_model.embed(token_ids)
         return self.language_model.suffix(embeds, positions, kv_prefix, kv_mask, mask)
 
-    def packed(self, prompt_ids, video_embeds, token_ids, positions, kv_mask=None, mask=None):
+    def packed(self, prompt_ids, video_embeds, token_ids, positions, kv_mask=None, mask=None,
+               prompt_positions=None):
         """`prefix` + `suffix` in one pass (Qwen2.packed) -> (hidden_prompt [Bp, P, D],
-        hidden_tokens [B2, S, D]); token rows grouped g per prompt row, as in `suffix`."""
+        hidden_tokens [B2, S, D]); token rows grouped g per prompt row, as in `suffix`;
+        prompt_positions [Bp, P] (None: 0..P-1)."""
         lm = self.language_model
-        return lm.packed(self.embed(prompt_ids, video_embeds), lm.embed(token_ids), positions, kv_mask, mask)
+        return lm.packed(self.embed(prompt_ids, video_embeds), lm.embed(token_ids), positions, kv_mask, mask,
+                         prompt_positions)
 
     # ---------------------------------------------------------------------------- decoding
-    def prefill(self, prompt_ids, video_embeds=None, prompt_mask=None, *, max_len: int):
-        """`prefix` into a fixed-size KV cache of max_len slots -> (hidden, cache)."""
+    def prefill(self, prompt_ids, video_embeds=None, prompt_mask=None, *, max_len: int, positions=None):
+        """`prefix` into a fixed-size KV cache of max_len slots -> (hidden, cache); positions
+        [B, P] (None: 0..P-1), decoding continues after each row's last valid position."""
         embeds = self.embed(prompt_ids, video_embeds)
-        return self.language_model.prefill(embeds, None, prompt_mask, max_len=max_len)
+        return self.language_model.prefill(embeds, positions, prompt_mask, max_len=max_len)
 
     def decode_step(self, token_ids, cache: KVCache):
         """One step (usually one token per row) over the cache -> (hidden [B, S, D], cache)."""
@@ -134,15 +110,3 @@ class VideoLLM(nnx.Module):
 
     def num_video_tokens(self, num_frames: Optional[int] = None) -> int:
         return num_video_tokens(self.config, num_frames)
-
-
-def build_model(config, *, seed: int = 0) -> VideoLLM:
-    """Seeded random init of a preset name or a VideoLLMConfig."""
-    if isinstance(config, str):
-        config = get_preset(config)
-    return VideoLLM(config, rngs=nnx.Rngs(seed))
-
-
-def abstract_model(config: VideoLLMConfig) -> VideoLLM:
-    """The model with shape/dtype placeholders instead of arrays (no init pass), for streaming."""
-    return nnx.eval_shape(lambda: VideoLLM(config, rngs=nnx.Rngs(0)))

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from leanpo_jax.models.attention import attend
-from leanpo_jax.models.config import VideoLLMConfig
+from leanpo_jax.models.llava_onevision.config import VideoLLMConfig
 from leanpo_jax.models.hf_tables import (
     HFTensor, export_hf_tensors, identity, linear_entries, load_hf_tensors, norm_entries,
 )

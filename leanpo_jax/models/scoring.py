@@ -3,7 +3,7 @@
     scores = avg_logps(model, batch)          # {chosen, rejected}: summed; *_avg: per token
     score_pairs(model, pipeline)              # every record of a pipeline, by record index
 
-Both go through `step.pair_logps` (the shared prefix by default), so a score equals the
+Both go through `models.logps.pair_logps` (the shared prefix by default), so a score equals the
 log-probs the train step differentiates, token for token.
 """
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from leanpo_jax import losses
-from leanpo_jax.train import step as step_lib
+from leanpo_jax.models.logps import normalize_batch, pair_logps
 
 
 def _names(batch) -> Tuple[str, ...]:
@@ -32,9 +32,9 @@ def avg_logps(model, batch: Dict, *, layout: str = "shared", chunk_size: int = 1
     """-> for each response in the batch (chosen, rejected, answer: those present): `name` = Σ_j log π(y_j)
     [B], `name_avg` = that sum / |y| [B], `name_tokens` = |y| [B]. Frames may be uint8 (they
     are normalised with the model's mean/std here). No gradient flows."""
-    batch = step_lib.normalize_batch(batch, model.config)
+    batch = normalize_batch(batch, model.config)
     names = _names(batch)
-    out = step_lib.pair_logps(model, jax.lax.stop_gradient(batch), layout=layout,
+    out = pair_logps(model, jax.lax.stop_gradient(batch), layout=layout,
                               chunk_size=chunk_size, names=names)
     out = {k: jax.lax.stop_gradient(v) for k, v in out.items()}
     for n in names:

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leanpo_jax.models.config import VideoLLMConfig, num_video_tokens, pooled_grid
+from leanpo_jax.models.llava_onevision.config import VideoLLMConfig, num_video_tokens, pooled_grid
 from leanpo_jax.models.hf_tables import HFTensor, export_hf_tensors, linear_entries, load_hf_tensors
 from leanpo_jax.models.params import Dense, logical_param
 

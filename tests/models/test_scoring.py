@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leanpo_jax.models.config import get_preset, num_video_tokens
-from leanpo_jax.models.video_llm import build_model
+from leanpo_jax.models import get_preset, num_video_tokens
+from leanpo_jax.models import build_model
 from leanpo_jax.data.video import normalize_frames
-from leanpo_jax.train import scoring
+from leanpo_jax.models import scoring
 
 VOCAB = 300
 

@@ -1,0 +1,118 @@
+"""What the data side needs from a model, as plain host-side values (no jax, picklable).
+
+A model family (leanpo_jax.models.<family>) describes each of its models with a
+`ModelInterface`; the pipeline, the tokenizer, generation and evaluation read only this, so
+they never depend on a family's code:
+
+    frames     FramePolicy: frame size (height, width), resize policy, mean/std, frame rules
+    template   ChatTemplate: the chat prompt around the video placeholders and the question
+    video_tokens(F)   how many placeholder ids a video of F frames occupies in the prompt
+    positions  optional host-side position table of a prompt (families with M-RoPE need one)
+
+Templates are text with the tokenizer's special tokens written out (e.g. "<|im_start|>"):
+`ChatTokenizer` splits them on `template.specials`, maps each special to its single id and
+encodes the text between (special-token text inside record fields stays literal text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+RESIZE_MODES = ("direct", "shortest_edge_crop")
+
+
+@dataclasses.dataclass(frozen=True)
+class FramePolicy:
+    """How decoded frames become the model's uint8 input [F, H, W, 3].
+
+    size (H, W); resize "direct" (bicubic to H x W, SigLIP) or "shortest_edge_crop" (shortest
+    edge to the crop size, then a centre crop, CLIP); mean / std: normalisation
+    (x / 255 - mean) / std applied on device; frame_multiple: the frame count F must be a
+    multiple of it (e.g. 2 for a temporal patch size of 2).
+    """
+
+    size: Tuple[int, int]
+    resize: str = "direct"
+    mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
+    frame_multiple: int = 1
+
+    def __post_init__(self):
+        if self.resize not in RESIZE_MODES:
+            raise ValueError(f"FramePolicy.resize={self.resize!r}; expected one of {RESIZE_MODES}")
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ValueError(f"FramePolicy.size={self.size!r}; expected (height, width) >= 1")
+
+    def check_frames(self, num_frames: int, key: str = "data.num_frames") -> None:
+        if int(num_frames) < 1 or int(num_frames) % self.frame_multiple:
+            raise ValueError(f"config {key}={num_frames!r}: this model needs a frame count that is a "
+                             f"positive multiple of {self.frame_multiple}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """One user turn with a video and the assistant's reply, as template text.
+
+    prompt = bos? ‖ system.format(system=...) (omitted when the system prompt is None)
+             ‖ user_head ‖ [video placeholders ‖ after_video ‖ question]   (video_first)
+                           or [question ‖ before_video ‖ video placeholders]
+             ‖ user_tail
+    response = text ‖ response_end (the end-of-turn token, part of the labels)
+    `specials`: tokens written out in the template text that must be single ids.
+    """
+
+    system: str
+    user_head: str
+    after_video: str
+    user_tail: str
+    response_end: str
+    specials: Tuple[str, ...]
+    default_system_prompt: Optional[str] = None
+    bos: Optional[str] = None
+    video_first: bool = True
+    before_video: str = ""
+
+    def __post_init__(self):
+        if self.response_end not in self.specials:
+            raise ValueError(f"ChatTemplate.response_end={self.response_end!r} must be one of its "
+                             f"specials {self.specials}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInterface:
+    """A model as the data side sees it (see the module docstring).
+
+    `video_token_index` is None for a text-only model (then `frames` is None too);
+    `video_token`: the placeholder's text in the model's own tokenizer (checked against a
+    checkpoint's tokenizer; ids are always inserted directly). `tokenizer`: the default
+    tokenizer folder (a checkpoint's own, or the preset's), None = none known.
+    `video_tokens_fn(num_frames) -> int` and `positions_fn(prompt_ids) -> int32 [..., P]` are
+    picklable callables (module-level functions / partials), `positions_fn` None = 0..P-1.
+    `source`: where the description came from (a checkpoint folder or "preset NAME"), for errors.
+    """
+
+    family: str
+    vocab_size: int
+    video_token_index: Optional[int]
+    frames: Optional[FramePolicy]
+    template: ChatTemplate
+    video_tokens_fn: Optional[Callable[[int], int]] = None
+    video_token: Optional[str] = None
+    tokenizer: Optional[str] = None
+    positions_fn: Optional[Callable] = None
+    source: str = ""
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_token_index is not None
+
+    def video_tokens(self, num_frames: int) -> int:
+        """Placeholder ids of one video of `num_frames` frames (0 for a text-only model)."""
+        if not self.has_video:
+            return 0
+        self.frames.check_frames(num_frames)
+        return int(self.video_tokens_fn(int(num_frames)))
+
+    def replace(self, **changes) -> "ModelInterface":
+        return dataclasses.replace(self, **changes)
