@@ -55,7 +55,11 @@ def get_preset(name: str):
 
 
 def family_of(config) -> Family:
-    """The family of a config object (by its type)."""
+    """The family of a config object: the one whose config_type is its exact type, else the
+    first it is an instance of (a plug-in may subclass a family's config)."""
+    for f in FAMILIES:
+        if type(config) is f.config_type:
+            return f
     for f in FAMILIES:
         if isinstance(config, f.config_type):
             return f
