@@ -10,8 +10,7 @@ import pytest
 from flax import nnx
 
 from leanpo_jax.generate.sampler import Sampler, SamplingConfig, sample_logits
-from leanpo_jax.models import get_preset, num_video_tokens
-from leanpo_jax.models import build_model
+from leanpo_jax.models import build_model, get_preset, num_video_tokens
 
 VOCAB, LIMIT, STEPS = 300, 290, 6
 

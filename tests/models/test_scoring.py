@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leanpo_jax.models import get_preset, num_video_tokens
-from leanpo_jax.models import build_model
+from leanpo_jax.data.batch import batch_from_rows
 from leanpo_jax.data.video import normalize_frames
-from leanpo_jax.models import scoring
+from leanpo_jax.models import build_model, get_preset, num_video_tokens, scoring
 
 VOCAB = 300
 
@@ -24,20 +23,14 @@ def model():
 def _batch(config, rng):
     n = num_video_tokens(config, 2)
     prompts = [np.concatenate([[5, 6], np.full(n, config.video_token_index), [7] * k]) for k in (1, 4)]
-    width = max(len(p) for p in prompts) + 1
-    ids = np.zeros((2, width), np.int32)
-    for i, p in enumerate(prompts):
-        ids[i, : len(p)] = p
-    lengths = np.asarray([len(p) for p in prompts], np.int32)
     chosen = rng.integers(10, VOCAB, (2, 5)).astype(np.int32)
     rejected = rng.integers(10, VOCAB, (2, 5)).astype(np.int32)
     s = config.vision.image_size
-    return {
-        "frames": rng.integers(0, 256, (2, 2, s, s, 3)).astype(np.uint8),
-        "prompt_ids": ids, "prompt_mask": (np.arange(width)[None] < lengths[:, None]).astype(np.int32),
-        "prompt_lengths": lengths, "chosen_ids": chosen, "chosen_mask": np.asarray([[1] * 5, [1, 1, 0, 0, 0]], np.int32),
-        "rejected_ids": rejected, "rejected_mask": np.asarray([[1, 1, 1, 0, 0], [1] * 5], np.int32),
-    }
+    batch = batch_from_rows("pairs", prompts, {"chosen": [chosen[0], chosen[1, :2]], "rejected": [rejected[0, :3], rejected[1]]},
+                            prompt_len=max(len(p) for p in prompts) + 1, response_len=5,
+                            frames=rng.integers(0, 256, (2, 2, s, s, 3)).astype(np.uint8))
+    del batch["pair_weight"]
+    return batch
 
 
 def test_avg_logps_equals_a_full_forward_per_response(model):

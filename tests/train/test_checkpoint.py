@@ -16,8 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from leanpo_jax.models import get_preset
-from leanpo_jax.models import VideoLLM
+from leanpo_jax.models import VideoLLM, get_preset
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import sharding as sharding_lib
 from leanpo_jax.train import state as state_lib

@@ -14,8 +14,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
-from leanpo_jax.models import get_preset, num_video_tokens
-from leanpo_jax.models import VideoLLM
+from leanpo_jax.models import VideoLLM, get_preset, num_video_tokens
 from leanpo_jax.train import sharding as S
 from leanpo_jax.train import state as state_lib
 from leanpo_jax.train import step as step_lib

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leanpo_jax.models import get_preset, num_video_tokens
-from leanpo_jax.models import VideoLLM
+from leanpo_jax.data.batch import batch_from_rows
+from leanpo_jax.models import VideoLLM, get_preset, num_video_tokens
 from leanpo_jax.train import state as state_lib
 from leanpo_jax.train import step as step_lib
 
@@ -30,29 +30,12 @@ def make_batch(config, *, prompts, responses, frames=FRAMES, resp_len=6, pad=2, 
     n = num_video_tokens(config, frames)
     rows = [np.concatenate([rng.integers(10, VOCAB, a), np.full(n, config.video_token_index),
                             rng.integers(10, VOCAB, b)]) for a, b in prompts]
-    lengths = np.asarray([len(r) for r in rows], np.int32)
-    size, width = len(rows), int(lengths.max()) + pad
-    prompt = np.zeros((size, width), np.int32)
-    for i, r in enumerate(rows):
-        prompt[i, : len(r)] = r
-
-    def resp(k):
-        ids = np.zeros((size, resp_len), np.int32)
-        mask = np.zeros((size, resp_len), np.int32)
-        for i, lens in enumerate(responses):
-            ids[i, : lens[k]] = rng.integers(10, VOCAB, lens[k])
-            mask[i, : lens[k]] = 1
-        return ids, mask
-
-    (c_ids, c_mask), (r_ids, r_mask) = resp(0), resp(1)
+    chosen, rejected = ([rng.integers(10, VOCAB, lens[k]) for lens in responses] for k in (0, 1))
     s = config.vision.image_size
-    return {
-        "frames": rng.integers(0, 256, (size, frames, s, s, 3)).astype(np.uint8),
-        "prompt_ids": prompt, "prompt_mask": (np.arange(width)[None] < lengths[:, None]).astype(np.int32),
-        "prompt_lengths": lengths, "chosen_ids": c_ids, "chosen_mask": c_mask,
-        "rejected_ids": r_ids, "rejected_mask": r_mask,
-        "pair_weight": np.ones(size, np.float32) if weights is None else np.asarray(weights, np.float32),
-    }
+    return batch_from_rows(
+        "pairs", rows, {"chosen": chosen, "rejected": rejected}, prompt_len=max(map(len, rows)) + pad,
+        response_len=resp_len, frames=rng.integers(0, 256, (len(rows), frames, s, s, 3)).astype(np.uint8),
+        weights=weights)
 
 
 PAIR_BATCH = dict(prompts=[(3, 4), (1, 1)], responses=[(5, 3), (2, 6)])

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leanpo_jax.models import safetensors_io as st
-from leanpo_jax.models import get_preset, num_video_tokens
+from leanpo_jax.models import (
+    build_model, get_preset, load_hf, num_video_tokens, safetensors_io as st, save_hf,
+)
 from leanpo_jax.models.llava_onevision.hf_config import config_from_hf
-from leanpo_jax.models import load_hf, save_hf
 from leanpo_jax.models.llava_onevision.hf_io import detect_naming
-from leanpo_jax.models import build_model
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leanpo_jax.models import get_preset, num_video_tokens
-from leanpo_jax.models import VideoLLM, abstract_model, build_model
+from leanpo_jax.models import VideoLLM, abstract_model, build_model, get_preset, num_video_tokens
 from leanpo_jax.models.merge import merge_video_embeds
 
 FRAMES = 4
