@@ -1,4 +1,4 @@
-"""The benchmark shapes: LLM-only and video-pair train steps (docs/performance.md), full and tiny.
+"""The benchmark shapes: LLM-only and video-pair train steps (docs/performance.md §1), full and tiny.
 
 Token accounting follows the PyTorch peer: a pair is two sequences of `seq` tokens
 (prompt + response), so tokens per step = 2 · pairs · seq for both layouts; the shared layout,

@@ -63,7 +63,7 @@ CHATML = ChatTemplate(
 # ChatTokenizer's system_prompt default: the template's own default system prompt.
 _TEMPLATE_DEFAULT = object()
 def time_instruction(duration: float, timestamps: Sequence[float]) -> str:
-    """LLaVA-Video's time instruction (its training wording, models.md §1.2), e.g.
+    """LLaVA-Video's time instruction (its training wording, docs/model_facts.md §2), e.g.
     "The video lasts for 12.00 seconds, and 4 frames are uniformly sampled from it. These frames
     are located at 0.00s,4.00s,8.00s,12.00s.Please answer the following questions related to
     this video." (sic: no space after the timestamps' period, as in LLaVA-NeXT)."""

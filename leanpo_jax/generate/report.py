@@ -1,4 +1,4 @@
-"""The reward-trustworthiness report of a pairs file (shared/method.md §3).
+"""The reward-trustworthiness report of a pairs file (docs/loss.md §5.5).
 
 Mean average log-prob (the LeanPO reward / β) of winner, loser and GT answer under the
 generating model, the share of pairs whose winner scores above its loser, and the pairs whose

@@ -1,4 +1,4 @@
-"""Batched generation for any family's Video-LLM over its fixed-size KV cache (docs/model_facts.md).
+"""Batched generation for any family's Video-LLM over its fixed-size KV cache (docs/model_facts.md §12).
 
     sampler = Sampler(model, SamplingConfig(max_new_tokens=64, temperature=0.0))
     out = sampler.generate(prompt_ids, prompt_mask, frames=frames, seed=0)   # SampleOutput

@@ -1,4 +1,4 @@
-"""Self-generated preference pairs (docs/loss.md) with the frozen SFT model.
+"""Self-generated preference pairs (docs/loss.md §5) with the frozen SFT model.
 
 Per triplet (video V, question q, GT answer a):
     r1  = model(V, prior_template(a, q))                      turn 1: the GT as hints

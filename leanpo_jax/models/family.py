@@ -33,7 +33,7 @@ from leanpo_jax.data.contract import ModelInterface
 MODEL_PROTOCOL = ("encode_video", "embed", "__call__", "prefix", "suffix", "packed", "prefill",
                   "decode_step", "lm_head_kernel", "num_video_tokens")
 
-# Self-generation decoding per side (docs/loss.md): Qwen-family checkpoints decode greedily (the
+# Self-generation decoding per side (docs/loss.md §5.4): Qwen-family checkpoints decode greedily (the
 # default); LLaVA-NeXT-Video / Vicuna-era models sampled at T 1.0 with top-p 0.9 (winner), 1.0 (loser).
 GREEDY = {"winner": dict(temperature=0.0, top_p=1.0), "loser": dict(temperature=0.0, top_p=1.0)}
 NUCLEUS = {"winner": dict(temperature=1.0, top_p=0.9), "loser": dict(temperature=1.0, top_p=1.0)}

@@ -1,7 +1,7 @@
 """Training logs in the workdir: metrics.jsonl, TensorBoard events, the end-of-run PNG.
 
 metrics.jsonl holds one JSON object per logged step, `{"step": k, name: value, ...}`; train
-rows use the method.md names, eval rows `eval/...`, probe rows `probe/...` (these live in rows
+rows use the docs/loss.md §3 names, eval rows `eval/...`, probe rows `probe/...` (these live in rows
 of their own step with a "kind" field). On resume `MetricsLog(..., resume_step=s)` drops every
 row after step s first, so the file has one row per step and kind however often a run restarts.
 Only process 0 writes.

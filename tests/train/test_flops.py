@@ -16,7 +16,7 @@ def test_shared_saves_the_duplicated_prompt_and_video():
     v_shared = shared - flops.step_flops(text_only, layout="shared", **kw)
     v_naive = naive - flops.step_flops(text_only, layout="naive", **kw)
     assert abs(v_naive - 2 * v_shared) < 1e-6 * v_naive
-    # models.md §7 (frozen tower): 0.5B at 32 frames ~0.092 PFLOP naive vs ~0.046 shared, with
+    # docs/model_facts.md §13 (frozen tower): 0.5B at 32 frames ~0.092 PFLOP naive vs ~0.046 shared, with
     # non-causal attention; exact causal attention takes ~0.011 PFLOP off the naive pair.
     assert 0.075e15 < naive < 0.095e15 and 0.038e15 < shared < 0.048e15, (naive, shared)
     trained = flops.step_flops(config, layout="shared", train_vision=True, **kw)

@@ -2,7 +2,7 @@
 
     video = Newlines(Pool(Linear_2(GELU_erf(Linear_1(features)))))      (LLaVA-OV / LLaVA-Video)
 
-Order matters (models.md 1.6): project all P patches of every frame, THEN pool each frame's
+Order matters (docs/model_facts.md §6): project all P patches of every frame, THEN pool each frame's
 grid, THEN insert newlines. Features [B, F, P, Dv] map to [B, N, Dt] with
 N == `config.num_video_tokens(config, F)`.
 

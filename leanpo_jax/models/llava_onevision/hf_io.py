@@ -4,7 +4,7 @@
     model = load_hf("w.safetensors", config=cfg)             # a bare file needs config=
     save_hf(model, "out")    # llava-hf hub names + config.json + preprocessor configs
 
-Namings, detected from the tensor keys (models.md 1.9), all renamed to one canonical form (the
+Namings, detected from the tensor keys (docs/model_facts.md §9), all renamed to one canonical form (the
 llava-hf hub names; plain causal-LM names when the config is text-only):
   llava-hf      language_model.model.*, language_model.lm_head.weight, multi_modal_projector.*,
                 image_newline, vision_tower.vision_model.* (hub) or vision_tower.* (the form

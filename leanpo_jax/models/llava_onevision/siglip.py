@@ -6,7 +6,7 @@
 Pre-LN blocks, non-causal attention with q/k/v/out biases, MLP fc1 -> tanh-GELU -> fc2. The tower
 returns the LAST BLOCK's output: `post_layernorm` is kept as a parameter (HF checkpoints carry
 it and a load/save round trip must be exact) but is never applied, because LLaVA feeds the
-26th layer's output before post-LN to the projector (models.md 1.4). Build `num_layers=26`.
+26th layer's output before post-LN to the projector (docs/model_facts.md §4). Build `num_layers=26`.
 
 Input pixels are channels-last `[..., H, W, C]`, already normalised to [-1, 1]; output is
 `[..., num_patches, D]`, patches in row-major (h, w) order like HF's `flatten(2)`.
