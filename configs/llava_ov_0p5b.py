@@ -4,10 +4,10 @@
         --config.model.init_from=/models/llava-onevision-qwen2-0.5b-ov-hf \
         --config.data.pairs=pairs.jsonl --config.data.video_root=/data/videos
 
-Paper defaults (shared/method.md §2, §4): β 2.0, γ 0.5, α 0.1, λ_sft 0.5, lr 5e-7, linear decay
+Paper defaults (docs/loss.md §2.5, §6): β 2.0, γ 0.5, α 0.1, λ_sft 0.5, lr 5e-7, linear decay
 after 10% warmup, weight decay 0, 16 frames, LLM trained (tower and projector frozen), bf16
-compute with f32 master weights. Keys are documented in leanpo_jax/train/config.py (loss,
-model, optimizer, ...), leanpo_jax/data/config.py and leanpo_jax/train/sharding.py (mesh).
+compute with f32 master weights. Every key is declared, with its range and a one-line doc, in
+the blocks that leanpo_jax/train/config.py's SCHEMA lists; a misspelt key is refused.
 """
 
 import ml_collections

@@ -5,9 +5,10 @@
 Use with `--config=configs/tiny.py` and override any key as `--config.loss.beta=1.5`. With no
 data file set it generates the synthetic shapes corpus into WORKDIR/synthetic on the first run
 (train split + an 8-record held-out split used for eval and the probe). Every key of every
-block is documented where the block is defined: leanpo_jax/train/config.py (model, optimizer,
-train, eval, probe, logging, checkpoint), leanpo_jax/data/config.py (data),
-leanpo_jax/train/sharding.py (mesh, distributed).
+block is declared once, with its range and a one-line doc, in the blocks that
+leanpo_jax/train/config.py's SCHEMA lists (loss: train/step.py, optimizer: train/state.py,
+data: data/config.py, generate: generate/config.py, mesh and distributed: config_schema.py);
+an unknown key (--config.loss.bta=2) is refused, naming the nearest known one.
 """
 
 import ml_collections

@@ -40,7 +40,7 @@ def test_gpu_configs_carry_the_paper_recipe_and_validate(name):
     assert (opt.learning_rate, opt.schedule, opt.warmup_ratio, opt.weight_decay) == (5e-7, "linear", 0.1, 0.0)
     assert config.data.num_frames == 16
     assert tuple(config.model.frozen_modules) == ("vision_tower", "connector")
-    assert config.data.model_preset == config.model.preset
+    assert "model_preset" not in config.data  # the model (model.preset or model.init_from) decides
     get_preset(config.model.preset)
     config_lib.validate(config, num_devices=8)
 

@@ -1,4 +1,4 @@
-"""A(V): the loser's video augmentation (shared/method.md §3), NumPy only.
+"""A(V): the loser's video augmentation (docs/loss.md §5.3), NumPy only.
 
 Contract:
   * ONE random augmentation is drawn per video (`sample_params`) and applied identically to every
@@ -34,88 +34,55 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-import numbers
 from typing import Optional, Tuple
 
 import ml_collections
 import numpy as np
 
+from leanpo_jax.config_schema import Block, Field
+
 JITTER_OPS = ("brightness", "contrast", "saturation", "hue")
-_PROBS = ("jitter_p", "grayscale_p", "blur_p", "flip_p")
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
 
 
+def _pair(test):
+    """A check on a (lo, hi) pair of finite numbers."""
+    return lambda value: len(value) == 2 and test(*value)
+
+
+_STRENGTH = "strength x: factors uniform in [max(0, 1-x), 1+x]; 0 = that jitter is off"
+# The `augment` block (generate.augment): the paper's A(V) defaults, each key with its range.
+AUGMENT = Block(
+    "A(V), the loser's video augmentation",
+    crop_scale=Field((0.08, 0.3), "Random resized crop: area fraction of the frame kept (paper 0.08-0.3: a "
+                     "strong zoom-in)", check=_pair(lambda lo, hi: 0 < lo <= hi <= 1), rule="0 < lo <= hi <= 1"),
+    crop_ratio=Field((3 / 4, 4 / 3), "Crop aspect ratio w/h, sampled log-uniformly (torchvision's (3/4, 4/3))",
+                     check=_pair(lambda lo, hi: 0 < lo <= hi), rule="0 < lo <= hi"),
+    jitter_p=Field(0.8, "Probability that colour jitter is applied (all four jitters together)",
+                   rule="in [0, 1]"),
+    brightness=Field(0.4, f"Brightness jitter {_STRENGTH}", rule=">= 0"),
+    contrast=Field(0.4, f"Contrast jitter {_STRENGTH}", rule=">= 0"),
+    saturation=Field(0.2, f"Saturation jitter {_STRENGTH}", rule=">= 0"),
+    hue=Field(0.1, "Hue shift h in turns of the colour wheel, uniform in [-h, h]; 0 = off", rule="in [0, 0.5]"),
+    grayscale_p=Field(0.2, "Probability of converting to grayscale (3 equal channels)", rule="in [0, 1]"),
+    blur_sigma=Field((0.1, 2.0), "Gaussian blur σ range in output pixels",
+                     check=_pair(lambda lo, hi: 0 < lo <= hi), rule="0 < lo <= hi"),
+    blur_p=Field(1.0, "Probability that the blur is applied (the paper always blurs)", rule="in [0, 1]"),
+    flip_p=Field(0.5, "Probability of a horizontal flip", rule="in [0, 1]"),
+    keep_frames=Field(2, "Frames kept, uniformly spaced; the loser prompt's video tokens follow it", rule=">= 1"),
+    seed=Field(0, "Base seed; each record's augmentation seed is record_seed(seed, record id)"),
+)
+
+
 def augment_config() -> ml_collections.ConfigDict:
-    """The `augment` block (generate.augment): the paper's A(V) defaults, each key with its range."""
-    a = ml_collections.ConfigDict()
-    # Random resized crop: area fraction of the frame kept, 0 < lo <= hi <= 1 (paper 0.08-0.3:
-    # a strong zoom-in).
-    a.crop_scale = (0.08, 0.3)
-    # Crop aspect ratio w/h, 0 < lo <= hi, sampled log-uniformly (torchvision's (3/4, 4/3)).
-    a.crop_ratio = (3 / 4, 4 / 3)
-    # Probability in [0, 1] that colour jitter is applied (all four jitters together).
-    a.jitter_p = 0.8
-    # Jitter strengths x >= 0: factors uniform in [max(0, 1-x), 1+x]; 0 = that jitter is off.
-    a.brightness = 0.4
-    a.contrast = 0.4
-    a.saturation = 0.2
-    # Hue shift h in [0, 0.5] (in turns of the colour wheel), uniform in [-h, h]; 0 = off.
-    a.hue = 0.1
-    # Probability in [0, 1] of converting to grayscale (3 equal channels).
-    a.grayscale_p = 0.2
-    # Gaussian blur σ range in output pixels, 0 < lo <= hi.
-    a.blur_sigma = (0.1, 2.0)
-    # Probability in [0, 1] that the blur is applied (the paper always blurs).
-    a.blur_p = 1.0
-    # Probability in [0, 1] of a horizontal flip.
-    a.flip_p = 0.5
-    # Frames kept (an int >= 1), uniformly spaced; the loser prompt's video tokens follow it.
-    a.keep_frames = 2
-    # Base seed (an int); each record's augmentation seed is record_seed(seed, record id).
-    a.seed = 0
-    return a
-
-
-def _real(v) -> bool:
-    # bool is an int to Python but never a meaningful value here.
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# key -> (kind, test, the rule the error states); "pair" = a 2-sequence of finite numbers.
-_RULES = {
-    "crop_scale": ("pair", lambda lo, hi: 0 < lo <= hi <= 1, "0 < lo <= hi <= 1"),
-    "crop_ratio": ("pair", lambda lo, hi: 0 < lo <= hi, "0 < lo <= hi"),
-    "blur_sigma": ("pair", lambda lo, hi: 0 < lo <= hi, "0 < lo <= hi"),
-    **{k: ("real", lambda v: 0 <= v <= 1, "a probability in [0, 1]") for k in _PROBS},
-    **{k: ("real", lambda v: v >= 0, "a number >= 0") for k in ("brightness", "contrast", "saturation")},
-    "hue": ("real", lambda v: 0 <= v <= 0.5, "a number in [0, 0.5]"),
-    "keep_frames": ("int", lambda v: v >= 1, "an int >= 1"),
-    "seed": ("int", lambda v: True, "an int"),
-}
+    """The `augment` block (generate.augment) with its defaults (AUGMENT)."""
+    return AUGMENT.to_config_dict()
 
 
 def check_augment_config(cfg) -> dict:
     """Validates the block (a ConfigDict or a dict); returns its values as plain floats, pairs of
     floats and ints. Raises ValueError "augment.KEY=VALUE: expected RULE" for the first bad key."""
-    out = {}
-    for key, (kind, ok, rule) in _RULES.items():
-        if key not in cfg:
-            raise ValueError(f"augment.{key} is missing: expected {rule}")
-        value = cfg[key]
-        if kind == "pair":
-            value = tuple(value) if isinstance(value, (tuple, list)) else value
-            good = isinstance(value, tuple) and len(value) == 2 and all(map(_real, value)) and ok(*value)
-            parsed = tuple(float(v) for v in value) if good else None
-        elif kind == "int":
-            good = isinstance(value, numbers.Integral) and not isinstance(value, bool) and ok(value)
-            parsed = int(value) if good else None
-        else:
-            good = _real(value) and ok(value)
-            parsed = float(value) if good else None
-        if not good:
-            raise ValueError(f"augment.{key}={value!r}: expected {rule}")
-        out[key] = parsed
-    return out
+    return AUGMENT.validate(cfg, "augment.", intro="")
 
 
 def record_seed(base_seed: int, record_id: str) -> int:

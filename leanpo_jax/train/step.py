@@ -30,14 +30,35 @@ import jax.numpy as jnp
 import optax
 
 from leanpo_jax import losses
+from leanpo_jax.config_schema import Block, Field, default_of
 from leanpo_jax.models.logps import LAYOUTS, normalize_batch, pair_logps  # noqa: F401  (the step's layouts)
 from leanpo_jax.train.state import ModelDef, TrainState, cfg_get, make_optimizer, make_schedule
 from leanpo_jax.train.state import merge_model, skip_counts
 
 LOSS_NAMES = ("leanpo", "simpo", "dpo", "sft")
-LOSS_DEFAULTS = dict(
-    name="leanpo", beta=2.0, gamma=0.5, label_smoothing=0.1, smoothing_threshold=0.0,
-    smoothing_form="code", sft_weight=0.5, dpo_kind="sigmoid",
+# The `loss` block of every config: the paper's LeanPO defaults, read from the loss functions.
+LOSS = Block(
+    "the preference objective",
+    name=Field("leanpo", 'Objective: "leanpo" | "simpo" (static smoothing) | "dpo" (needs reference '
+               'log-probs) | "sft"', choices=LOSS_NAMES),
+    beta=Field(default_of(losses.leanpo_loss, "beta"),
+               "β: reward scale, reward = β · average token log-prob of the response", rule="> 0"),
+    gamma=Field(default_of(losses.leanpo_loss, "gamma"),
+                "γ: target reward margin inside the Bradley–Terry sigmoid", rule=">= 0"),
+    label_smoothing=Field(default_of(losses.leanpo_loss, "label_smoothing"),
+                          "α: ε for pairs the policy ranks the wrong way (dynamic smoothing); "
+                          'static ε of every pair for "simpo" and "dpo"', rule="in [0, 1)"),
+    smoothing_threshold=Field(default_of(losses.leanpo_loss, "smoothing_threshold"),
+                              "d: ε = α where Δ = avg_logp(chosen) − avg_logp(rejected) < d "
+                              "(paper: 0; d > 0 did worse)"),
+    smoothing_form=Field(default_of(losses.leanpo_loss, "smoothing_form"),
+                         '"code" (γ inside both sigmoids, the authors\' scripts) | "symmetric" '
+                         "(σ(−(βΔ − γ)))", choices=losses.SMOOTHING_FORMS),
+    sft_weight=Field(default_of(losses.leanpo_objective, "sft_weight"),
+                     "λ_sft: weight of the winner's token-mean NLL (paper: 0.5; 0.1 in one "
+                     "Qwen2-VL run)", rule=">= 0"),
+    dpo_kind=Field(default_of(losses.dpo_loss, "kind"), 'DPO only: "sigmoid" | "ipo" | "hinge"',
+                   choices=losses.DPO_KINDS),
 )
 
 
@@ -50,7 +71,7 @@ def global_counts(batch) -> Tuple[jax.Array, jax.Array]:
 
 def _loss_cfg(cfg):
     section = cfg_get(cfg, "loss", {})
-    return {k: cfg_get(section, k, v) for k, v in LOSS_DEFAULTS.items()}
+    return {k: cfg_get(section, k, v) for k, v in LOSS.defaults().items()}
 
 
 def objective(logps, batch, cfg, *, num_pairs=None, num_chosen_tokens=None):
