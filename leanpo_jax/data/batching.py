@@ -21,9 +21,9 @@ from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import tokenize as tokenize_lib
 from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.batch import PAD_ID, make_batch, response_names
+from leanpo_jax.data.config import check_data_config
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
-
-KINDS = ("pairs", "triplets")
+from leanpo_jax.data.records import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,23 +58,8 @@ def config_error(key: str, value, rule: str):
 def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> BatchSpec:
     """Validates the data config's ranges and returns the batch shapes it implies for `model`
     (its frame policy and video-token count)."""
-    if data.kind not in KINDS:
-        config_error("kind", data.kind, f"expected one of {KINDS}")
-    if data.padding_side != "right":
-        config_error("padding_side", data.padding_side, 'only "right" is supported (see pipeline.py)')
-    if data.on_bad_record not in ("skip", "error"):
-        config_error("on_bad_record", data.on_bad_record, 'expected "skip" or "error"')
-    for key in ("num_frames", "max_prompt_text_tokens", "max_response_tokens", "batch_size", "num_epochs"):
-        if int(data[key]) < 1:
-            config_error(key, data[key], "must be >= 1")
-    if int(data.num_workers) < 0:
-        config_error("num_workers", data.num_workers, "must be >= 0")
+    check_data_config(data)  # every key's type and range (data/config.py), unknown keys refused
     buckets = tuple(int(r) for r in data.response_buckets)
-    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] < 1:
-        config_error("response_buckets", data.response_buckets, "expected distinct ascending values >= 1")
-    if int(data.max_response_tokens) > buckets[-1]:
-        config_error("max_response_tokens", data.max_response_tokens,
-              f"must be <= the largest response bucket {buckets[-1]}")
     if model.has_video:
         model.frames.check_frames(int(data.num_frames))
     axes = 0
