@@ -120,16 +120,16 @@ def _token_text(value) -> Optional[str]:
     return value.get("content") if isinstance(value, dict) else value
 
 
-def checkpoint_template(folder: str, tokenizer_file: str, *, video_token: str,
+def checkpoint_template(folder: str, tokenizer_json: str, *, video_token: str,
                         default_system_prompt: Optional[str]) -> ChatTemplate:
     """The ChatTemplate of the checkpoint in `folder` (its chat template rendered with the
-    special tokens of `tokenizer_file`); ValueError naming the folder when it has none."""
+    special tokens of `tokenizer_json`); ValueError naming the folder when it has none."""
     found = read_chat_template(folder)
     if found is None:
         raise ValueError(f"data.chat_template='checkpoint' but {folder} has no chat template "
                          f"({', '.join(TEMPLATE_FILES)}); use data.chat_template='training'")
     source, where = found
-    tok = Tokenizer.from_file(tokenizer_file)
+    tok = Tokenizer.from_file(tokenizer_json)
     specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
     config = {}
     config_file = os.path.join(folder, "tokenizer_config.json")
