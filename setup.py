@@ -19,12 +19,13 @@ INSTALL_REQUIRES = [
     # Lazily: reading and writing HF checkpoint configs (models/*/hf_config).
     "transformers>=5.17",
     "tokenizers>=0.21",
-    # Not imported here: transformers' apply_chat_template renders chat templates with jinja2,
-    # which transformers does not require itself.
-    "jinja2>=3.1",
+    # Not imported here: data/chat_template renders a checkpoint's chat template with transformers'
+    # jinja renderer (data.chat_template="checkpoint"), which needs jinja2 >= 3.1.6 (its sandbox
+    # fixes) and which transformers does not require itself.
+    "jinja2>=3.1.6",
     "av>=12.0",  # data/video, data/synthetic: decoding and writing video files
-    "Pillow>=10.1",  # data/video: frame folders and the bicubic resize (Image.Resampling)
-    "imageio>=2.34",  # data/video: WebP (animated too) through imageio.v3's pillow plugin
+    "Pillow>=10.1",  # data/frames, data/video: frame folders and the bicubic resize
+    "imageio>=2.34",  # data/video_webp: WebP (animated too) through imageio.v3's pillow plugin
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6.2",
