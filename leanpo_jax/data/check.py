@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import jax
 import ml_collections
 
+from leanpo_jax.data import pipeline
 from leanpo_jax.data.config import data_config as default_data_config
 from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.models.runtime import data_interface, model_source
@@ -70,8 +71,6 @@ def check(data: ml_collections.ConfigDict, model: ModelInterface, *, skipped_out
     """Reads every record of data.pairs as `model` (its data interface) sees them; returns
     {"records", "ok", "skipped"} (plus details under "stats"). `skipped_out` receives one JSON
     line per skipped record (overwritten)."""
-    from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-
     data = ml_collections.ConfigDict(data.to_dict())
     data.on_bad_record = "skip"
     if skipped_out and os.path.exists(skipped_out):
@@ -137,8 +136,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from absl import flags  # pylint: disable=import-outside-toplevel
     if not flags.FLAGS.is_parsed():  # grain workers read absl flags
         flags.FLAGS.mark_as_parsed()
-    from leanpo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-
     try:
         config = load_config(args.config) if args.config else None
     except (FileNotFoundError, ValueError) as e:

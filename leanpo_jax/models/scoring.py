@@ -15,6 +15,7 @@ from typing import Dict, Iterable, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from leanpo_jax import losses
 from leanpo_jax.models.logps import normalize_batch, pair_logps
@@ -44,8 +45,6 @@ def avg_logps(model, batch: Dict, *, layout: str = "shared", chunk_size: int = 1
 
 @functools.lru_cache(maxsize=8)
 def _jitted(layout: str, chunk_size: int):
-    from flax import nnx
-
     @nnx.jit
     def run(model, batch):
         return avg_logps(model, batch, layout=layout, chunk_size=chunk_size)
