@@ -269,7 +269,7 @@ def cli_flags_parser(prog: str, flag: str = "config") -> Callable[[List[str]], L
 
 
 # The mesh and distributed blocks live here, not in train/config.py, so that the module that
-# builds meshes (train/sharding.py) can read them without importing the trainer's config.
+# builds meshes (train/mesh.py) can read them without importing the trainer's config.
 MESH = Block(
     "device mesh: data * fsdp is the data-parallel size; the product equals the device count",
     data=Field(1, "Data-parallel axis (params replicated); -1 = all remaining devices (one -1 at most)",

@@ -13,7 +13,7 @@ from leanpo_jax.data.augment import AUGMENT
 from leanpo_jax.data.config import DATA, check_data_config, data_config
 from leanpo_jax.generate.config import GENERATE, generate_config
 from leanpo_jax.train import config as config_lib
-from leanpo_jax.train import sharding, state, step
+from leanpo_jax.train import mesh as mesh_lib, state, step
 
 from conftest import run_cli
 
@@ -130,9 +130,9 @@ def test_loss_and_optimizer_defaults_have_one_source():
     assert not hasattr(step, "LOSS_DEFAULTS")
 
 
-def test_mesh_and_distributed_blocks_equal_the_sharding_defaults():
-    assert cs.MESH.defaults() == sharding.mesh_config().to_dict()
-    assert cs.DISTRIBUTED.defaults() == sharding.distributed_config().to_dict()
+def test_mesh_and_distributed_blocks_equal_the_mesh_defaults():
+    assert cs.MESH.defaults() == mesh_lib.mesh_config().to_dict()
+    assert cs.DISTRIBUTED.defaults() == mesh_lib.distributed_config().to_dict()
 
 
 def test_the_model_decides_the_data_block_names_no_preset():

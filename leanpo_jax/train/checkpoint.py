@@ -314,19 +314,23 @@ class SigtermFlag:
     next step boundary; the previous handlers are restored on exit. A second SIGINT while a
     request is pending raises KeyboardInterrupt (Ctrl-C twice still stops a stuck run).
 
+    `.signum` is the first signal received (0 before any): the trainer exits 128 + signum.
+
     Python only installs signal handlers from the main thread: elsewhere this is a no-op
     and `.requested` stays False. Each process sees only its own signals; multi-host
-    trainers must agree on stopping (e.g. a cross-process any()) before saving.
+    trainers agree on the stop step first (`train.stopping.AgreedStop`) before saving.
     """
 
     def __init__(self, *, sigint: bool = False):
         self.requested = False
+        self.signum = 0
         self._signals = (signal.SIGTERM,) + ((signal.SIGINT,) if sigint else ())
         self._previous: Dict[int, Any] = {}
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.requested:
             raise KeyboardInterrupt
+        self.signum = self.signum or int(signum)
         self.requested = True
 
     def __enter__(self):

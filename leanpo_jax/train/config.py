@@ -20,12 +20,16 @@ import ml_collections
 from leanpo_jax.config_schema import DISTRIBUTED, MESH, Block, Field
 from leanpo_jax.data.config import DATA, check_data_combinations
 from leanpo_jax.generate.config import GENERATE
-from leanpo_jax.train.sharding import mesh_shape
+from leanpo_jax.train.mesh import mesh_shape
 from leanpo_jax.train.state import DEFAULT_FROZEN, OPTIMIZER
 from leanpo_jax.train.step import LAYOUTS, LOSS
 
 # Keys a rerun on an existing workdir may change; anything else must equal the checkpoint's.
-RESUMABLE_KEYS = ("num_steps", "logging")
+# Where the processes meet and which one this is are launch details (every process but 0
+# differs from the saved process_id; a relaunch may get another port); num_processes stays
+# fixed, since each host's data shard and saved iterator state depend on it.
+RESUMABLE_KEYS = ("num_steps", "logging", "distributed.coordinator_address",
+                  "distributed.process_id", "distributed.auto")
 DTYPES = ("auto", "float32", "bfloat16")
 
 MODEL = Block(

@@ -1,7 +1,14 @@
 """Train state: trainable / frozen parameter split, f32 master params, the optax chain.
 
     model_def, state = init_state(model, cfg, rng)       # cfg: the optimizer section (below)
+    model_def, state = init_state(model, cfg, rng, mesh=mesh)   # the same, laid out on a mesh
     model = merge_model(model_def, state.params["trainable"], state.params["frozen"])
+    s_sh = state_shardings(state, mesh)                  # NamedShardings of the whole state
+
+`init_state` (or `initial_state` on already split params, as the trainer does) is the one
+builder of a step-0 state: one jit, which with `mesh` outputs every array (step and rng too)
+as a global array in its `state_shardings` layout; its outputs never alias the model's
+buffers, so the first donated train step cannot delete the model's arrays.
 
 Split rule: a Param is *frozen* when the first element of its path is in `frozen` (default
 `DEFAULT_FROZEN` = the vision tower and the connector, i.e. projector + image newline, as the
@@ -38,10 +45,13 @@ from typing import Any, Sequence, Tuple
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from leanpo_jax.config_schema import Block, Field
+from leanpo_jax.train.partitioning import DEFAULT_RULES, has_variables, like_params, param_shardings
 
 DEFAULT_FROZEN: Tuple[str, ...] = ("vision_tower", "connector")
 SCHEDULES = ("linear", "cosine", "constant")
@@ -82,6 +92,10 @@ class ModelDef:
     other: Any  # nnx.State of the non-Param variables
     frozen_prefixes: Tuple[str, ...]
     config: Any  # the model's VideoLLMConfig (frame normalisation, dtypes)
+    # Every Param (trainable and frozen) as a ShapeDtypeStruct in its nnx Variable, with its
+    # logical-axis metadata: what `state_shardings(names_from=model_def)` reads to lay out
+    # plain-array params. No arrays; not part of equality.
+    abstract_params: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def trains_vision(self) -> bool:
@@ -114,7 +128,10 @@ def split_model(model: nnx.Module, frozen: Sequence[str] = DEFAULT_FROZEN):
     )
     if not jax.tree.leaves(trainable):
         raise ValueError(f"no trainable parameters: every Param is under one of {tuple(frozen)}")
-    return ModelDef(graphdef, other, tuple(frozen), model.config), trainable, frozen_state
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            nnx.state(model, nnx.Param))
+    model_def = ModelDef(graphdef, other, tuple(frozen), model.config, abstract_params=abstract)
+    return model_def, trainable, frozen_state
 
 
 def merge_model(model_def: ModelDef, trainable, frozen) -> nnx.Module:
@@ -164,21 +181,101 @@ def skip_counts(opt_state) -> Tuple[jax.Array, jax.Array]:
     return opt_state.notfinite_count, opt_state.total_notfinite
 
 
-def init_state(model: nnx.Module, cfg: Any, rng, *, frozen: Sequence[str] | None = None):
-    """-> (ModelDef, TrainState) at step 0; trainable params copied to float32.
+def init_state(model: nnx.Module, cfg: Any, rng, *, frozen: Sequence[str] | None = None,
+               mesh: jax.sharding.Mesh | None = None, rules=DEFAULT_RULES):
+    """-> (ModelDef, TrainState) at step 0: `split_model` then `initial_state`.
 
     `cfg` is the optimizer section (see the module docstring); `frozen` defaults to
-    cfg.frozen_modules if present, else DEFAULT_FROZEN.
+    cfg.frozen_modules if present, else DEFAULT_FROZEN; `rng` a key or an int seed; `mesh` /
+    `rules` as in `initial_state`.
     """
     if frozen is None:
         frozen = tuple(cfg_get(cfg, "frozen_modules", DEFAULT_FROZEN))
     model_def, trainable, frozen_state = split_model(model, frozen)
-    trainable = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable)
-    if isinstance(rng, int):
-        rng = jax.random.key(rng)
-    opt_state = make_optimizer(cfg).init(trainable)
-    state = TrainState(
-        params={"trainable": trainable, "frozen": frozen_state}, opt_state=opt_state,
-        step=jnp.zeros((), jnp.int32), rng=rng,
+    return model_def, initial_state(trainable, frozen_state, cfg, rng, mesh=mesh, rules=rules)
+
+
+def initial_state(trainable, frozen, cfg: Any, rng, *, mesh: jax.sharding.Mesh | None = None,
+                  rules=DEFAULT_RULES) -> TrainState:
+    """The TrainState at step 0 from split params (`split_model`), built by one jit.
+
+    Trainable params are copied to float32 (master weights), the optimizer state is
+    `make_optimizer(cfg).init` of them, step 0, rng = `rng` (a key, or an int seed turned into
+    `jax.random.key(seed)` inside the jit). With `mesh`, the jit's out_shardings are
+    `state_shardings`: every array, step and rng included, is a global array on the mesh, also
+    across processes (so an int seed is the multi-process choice: no host array to place).
+    The outputs are fresh buffers: nothing aliases `trainable` / `frozen`.
+    """
+    seed = int(rng) if isinstance(rng, (int, np.integer)) else None
+
+    def build(trainable, frozen, key):
+        trainable = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable)
+        return TrainState(
+            params={"trainable": trainable, "frozen": frozen},
+            opt_state=make_optimizer(cfg).init(trainable), step=jnp.zeros((), jnp.int32),
+            rng=jax.random.key(seed) if key is None else key)
+
+    key = None if seed is not None else rng
+    if mesh is None:
+        # A jit, not eager ops: jnp.asarray of an f32 leaf would return the model's own buffer
+        # (and the frozen params are the model's), which a donated train step then deletes.
+        return jax.jit(build)(trainable, frozen, key)
+    shardings = state_shardings(jax.eval_shape(build, trainable, frozen, key), mesh, rules)
+    with jax.set_mesh(mesh):
+        return jax.jit(build, out_shardings=shardings)(trainable, frozen, key)
+
+
+# ----------------------------------------------------------------------------- state layout
+def _names_reference(names_from: Any, mesh: jax.sharding.Mesh, rules):
+    """param_shardings of whatever carries the logical names (see `state_shardings`)."""
+    if isinstance(names_from, ModelDef):
+        if names_from.abstract_params is None:
+            raise ValueError("this ModelDef carries no abstract_params (build it with split_model)")
+        names_from = names_from.abstract_params
+    return param_shardings(names_from, mesh, rules)
+
+
+def _params_shardings(tree: Any, mesh, rules, reference):
+    if has_variables(tree) or reference is None:
+        return param_shardings(tree, mesh, rules)
+    # Plain arrays (names lost, e.g. a pure dict): take each leaf's sharding from the reference
+    # parameter at the longest matching path suffix whose spec fits its shape.
+    return like_params(tree, reference, mesh)
+
+
+def state_shardings(state: TrainState, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES, *,
+                    names_from: Any = None) -> TrainState:
+    """TrainState-shaped NamedShardings for `state`.
+
+    params["trainable"] and params["frozen"] by their logical names (`param_shardings`);
+    opt_state like the trainable params (`like_params`: adam mu/nu follow them, counts and
+    skip counters replicated); step and rng replicated. `state` may be concrete or abstract
+    (`jax.eval_shape(lambda: init_state(...)[1])`). Usable as jit in/out_shardings for the
+    state (each Variable gets one NamedSharding, a valid prefix).
+
+    `init_state` keeps the nnx Variables (with their `out_sharding` names) in both params and
+    the Adam moments, so `names_from` is not needed for it. Only when the param leaves are
+    plain arrays (names dropped, e.g. `nnx.to_pure_dict` trees) pass `names_from`: an nnx
+    Module (abstract or concrete), a state of Variables, or a `ModelDef` (its
+    `abstract_params`); leaves are then matched to its params by path. Without it, plain-array
+    params are replicated.
+    """
+    reference = None if names_from is None else _names_reference(names_from, mesh, rules)
+    params = state.params
+    trainable = _params_shardings(params["trainable"], mesh, rules, reference)
+    frozen = _params_shardings(params["frozen"], mesh, rules, reference)
+    replicated = NamedSharding(mesh, P())
+    return state.replace(
+        params={"trainable": trainable, "frozen": frozen},
+        opt_state=like_params(state.opt_state, trainable, mesh),
+        step=replicated, rng=replicated,
     )
-    return model_def, state
+
+
+def shard_state(state: TrainState, mesh: jax.sharding.Mesh, rules=DEFAULT_RULES, *,
+                names_from: Any = None) -> TrainState:
+    """The concrete `state` moved onto `mesh` with `state_shardings` (jax.device_put).
+
+    The input arrays are not donated; with jax.device_put a leaf already in place is reused.
+    """
+    return jax.device_put(state, state_shardings(state, mesh, rules, names_from=names_from))

@@ -5,10 +5,13 @@
          checkpoint.every, the last step, SIGTERM) -> at the end: PNG, WORKDIR/hf export.
 
 Resume: a rerun on the same workdir restores the latest checkpoint (params, optimizer state,
-step, rng, data iterator) and continues exactly; only `num_steps` and `logging.*` may differ
+step, rng, data iterator) and continues exactly; only `num_steps`, `logging.*` and the
+launch details `distributed.coordinator_address` / `process_id` / `auto` may differ
 from the saved config. A run already at num_steps does nothing. Exit codes (via the CLI):
 0 done, 1 an error, 3 stopped after train.max_consecutive_skips non-finite updates,
-143 stopped by SIGTERM after saving.
+143 stopped by SIGTERM after saving, 130 stopped by SIGINT (Ctrl-C) after saving (a second
+Ctrl-C aborts at once, unsaved). With several processes a signal that reaches any of them
+stops all at the same step (train.stopping.AgreedStop), one collective checkpoint.
 """
 
 from __future__ import annotations
@@ -34,15 +37,18 @@ from leanpo_jax.models.scoring import score_pairs
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import config as config_lib
 from leanpo_jax.train import flops as flops_lib
-from leanpo_jax.train import inputs, metrics_log, reference, sharding
+from leanpo_jax.train import batch_placement, inputs, metrics_log, partitioning, reference, sharded_step
+from leanpo_jax.train import mesh as mesh_lib
+from leanpo_jax.train import process_states, stopping
 from leanpo_jax.train import state as state_lib
 from leanpo_jax.train import step as step_lib
 
-EXIT_SKIPS, EXIT_SIGTERM = 3, 143
+EXIT_SKIPS, EXIT_SIGTERM, EXIT_SIGINT = 3, 143, 130  # a signal's code is 128 + its number
 
 
 def _new_window() -> Dict:
-    """Accumulators of the steps since the last logged row."""
+    """Accumulators of the steps since the last logged row: host counters, and the metrics'
+    running (sum, count) sums plus the last step's metrics, both still on the device."""
     return {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None, "last": None}
 
 
@@ -58,8 +64,8 @@ def build_model(source, seed: int, mesh):
     """The initial model on the mesh: the checkpoint of `source` (a models.ModelSource) or
     its seeded random init."""
     if source.folder is not None:
-        return sharding.shard_model(source.load(), mesh)
-    return sharding.build_sharded(lambda: source.build(seed), mesh)
+        return partitioning.shard_model(source.load(), mesh)
+    return partitioning.build_sharded(lambda: source.build(seed), mesh)
 
 
 def _opt_cfg(config, total_steps: int) -> Dict:
@@ -77,7 +83,7 @@ class Trainer:
     """One training run on one workdir (see the module docstring); `run()` -> summary dict."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-        sharding.maybe_initialize_distributed(config)
+        mesh_lib.maybe_initialize_distributed(config)
         self.config, self.workdir = config, os.path.abspath(workdir)
         self.platform = jax.devices()[0].platform
         self.is_main = jax.process_index() == 0
@@ -86,7 +92,7 @@ class Trainer:
         self.source = model_source(config.model, self.platform)
         self.interface = data_interface(self.source, config.data)
         os.makedirs(self.workdir, exist_ok=True)
-        self.mesh = sharding.mesh_from_config(config)
+        self.mesh = mesh_lib.mesh_from_config(config)
         self.ckpt = ckpt_lib.Checkpointer(os.path.join(self.workdir, "checkpoints"),
                                           max_to_keep=int(config.checkpoint.max_to_keep),
                                           async_save=bool(config.checkpoint.async_save))
@@ -129,7 +135,7 @@ class Trainer:
                                     skipped_path=path if self.is_main else None)
 
     def _to_device(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
-        return sharding.global_batch(inputs.adapt_batch(host), self.mesh)
+        return batch_placement.global_batch(inputs.adapt_batch(host), self.mesh)
 
     def _score(self, pipe, model) -> Dict[str, np.ndarray]:
         """Scores every record of an eval-mode pipeline (closed afterwards), on the mesh."""
@@ -163,22 +169,12 @@ class Trainer:
         return refs
 
     def _initial_state(self, trainable, frozen_params, opt_cfg):
-        """TrainState at step 0 built by one jit with the state's out_shardings: every array
-        (rng and step too) is a global array on the mesh, also across processes, and nothing
-        aliases the model's buffers (the first donated step would delete them)."""
-        seed = int(self.config.seed)
-
-        def build(trainable, frozen_params):
-            trainable = jax.tree.map(lambda x: x.astype(jnp.float32), trainable)
-            return state_lib.TrainState(
-                params={"trainable": trainable, "frozen": frozen_params},
-                opt_state=state_lib.make_optimizer(opt_cfg).init(trainable),
-                step=jnp.zeros((), jnp.int32), rng=jax.random.key(seed))
-
-        abstract = jax.eval_shape(build, trainable, frozen_params)
-        shardings = sharding.state_shardings(abstract, self.mesh)
-        with jax.set_mesh(self.mesh):
-            return jax.jit(build, out_shardings=shardings)(trainable, frozen_params)
+        """TrainState at step 0 on the mesh: `state.initial_state`, the one builder (tests and
+        the bench reach it through `state.init_state`). Every array, rng and step too, is a
+        global array in the state's shardings, and nothing aliases the model's buffers (the
+        first donated step would delete them)."""
+        return state_lib.initial_state(trainable, frozen_params, opt_cfg, int(self.config.seed),
+                                       mesh=self.mesh)
 
     # ----------------------------------------------------------------------------- pieces
     def _probe(self, state, step: int) -> Optional[Dict]:
@@ -216,7 +212,9 @@ class Trainer:
         meta = {"config": self.flat_config, "frozen_weights_from": self.source.folder
                 or f"random init: {self.source.where}, seed {self.config.seed}",
                 "total_steps": self.total_steps, "process_count": jax.process_count()}
-        self.ckpt.save(step, state, data_state=self.pipeline.get_state(), meta=meta, force=force)
+        # Every host's own iterator state (Orbax writes JSON items from process 0 only).
+        data_state = process_states.gather(self.pipeline.get_state())
+        self.ckpt.save(step, state, data_state=data_state, meta=meta, force=force)
 
     def _export(self, state) -> str:
         replicated = NamedSharding(self.mesh, PartitionSpec())
@@ -261,7 +259,7 @@ class Trainer:
             abstract = jax.tree.map(
                 lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
             state, data_state, _ = self.ckpt.restore(abstract, self.latest)
-            self.pipeline.set_state(data_state)
+            self.pipeline.set_state(process_states.select(data_state))
         start = int(jax.device_get(state.step))
         self.log = metrics_log.MetricsLog(self.workdir, resume_step=start,
                                           tensorboard=bool(config.logging.tensorboard), enabled=self.is_main)
@@ -279,6 +277,10 @@ class Trainer:
         return self._loop(state, start, step_cfg, opt_cfg)
 
     def _loop(self, state, start: int, step_cfg, opt_cfg) -> Dict:
+        """Steps start+1 .. num_steps. Per step the host fetches one scalar of the PREVIOUS step
+        (the skip counter; with several processes also the agreed stop signal), so dispatch
+        stays one step ahead of the device; the metrics stay on the device as running (sum,
+        count) sums and are fetched on log steps only (train.stopping)."""
         config = self.config
         step_fn = None
         bar = None
@@ -290,10 +292,13 @@ class Trainer:
         if start == 0:
             self._probe(state, 0)
         procs = jax.process_count()  # throughput: this host's rows stand for every host's
+        add_metrics = jax.jit(losses.sum_metrics)  # one dispatch per step, not one per metric
+        consecutive = int(jax.device_get(state_lib.skip_counts(state.opt_state)[0]))  # resumed runs
+        skips = stopping.SkipLimit(int(config.train.max_consecutive_skips), consecutive)
         window = _new_window()
-        last_row, step, skipped_in_row = None, start, 0
+        last_row, step = None, start
         tick = time.perf_counter()
-        with ckpt_lib.SigtermFlag() as sigterm:
+        with stopping.AgreedStop(self.mesh, sigint=True) as stop:
             while step < self.num_steps:
                 host = next(self.pipeline)
                 index = host.pop("record_index")
@@ -301,27 +306,33 @@ class Trainer:
                     host.update(reference.lookup(self.refs["train"], index))
                 batch = self._to_device(host)
                 if step_fn is None:
-                    step_fn = sharding.sharded_train_step(self.model_def, step_cfg, opt_cfg, state,
-                                                          batch, self.mesh)
+                    step_fn = sharded_step.sharded_train_step(self.model_def, step_cfg, opt_cfg, state,
+                                                              batch, self.mesh)
                 state, metrics = step_fn(state, batch)
-                metrics = jax.device_get(metrics)
                 step += 1
-                now = time.perf_counter()
-                shapes = {k: v.shape for k, v in inputs.adapt_batch(host).items()}
+                adapted = inputs.adapt_batch(host)
                 window["flops"] += flops_lib.batch_step_flops(
-                    self.model_flops_config, shapes,
+                    self.model_flops_config, {k: v.shape for k, v in adapted.items()},
                     layout=config.train.layout, train_vision=self.model_def.trains_vision,
                     responses_per_pair=1 if config.loss.name == "sft" else 2) * procs
-                window["tokens"] += inputs.batch_tokens(inputs.adapt_batch(host)) * procs
+                window["tokens"] += inputs.batch_tokens(adapted) * procs
                 window["pairs"] += int((host["pair_weight"] > 0).sum()) * procs
                 window["steps"] += 1
+                window["last"] = metrics
+                window["metrics"] = metrics if window["metrics"] is None else add_metrics(window["metrics"], metrics)
+                skipped_in_row = skips.check(metrics["optim/skipped"][0])  # None below the limit
+                stop_skips = skipped_in_row is not None
+                log_now = step % int(config.logging.log_every) == 0 or step == self.num_steps or stop_skips
+                probe_now = step % int(config.probe.every) == 0 or step == self.num_steps
+                eval_now = step % int(config.eval.every) == 0 or step == self.num_steps
+                save_now = step % int(config.checkpoint.every) == 0 or step == self.num_steps
+                if log_now or probe_now or eval_now or save_now:
+                    # Host work follows: this step's compute belongs to the window's time.
+                    jax.block_until_ready(metrics)
+                now = time.perf_counter()
                 window["time"] += now - tick
                 tick = now
-                window["last"] = metrics
-                window["metrics"] = metrics if window["metrics"] is None else losses.sum_metrics(window["metrics"], metrics)
-                skipped_in_row = int(metrics["optim/skipped"][0])
-                stop = skipped_in_row >= int(config.train.max_consecutive_skips)
-                if step % int(config.logging.log_every) == 0 or step == self.num_steps or stop:
+                if log_now:
                     last_row = self._log_window(step, window, peak)
                     window = _new_window()
                 if bar is not None:
@@ -329,7 +340,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=shown.get("loss"), margin=shown.get("rewards/margins"),
                                     tok_s=shown.get("tokens_per_s"), refresh=False)
-                if stop:
+                if stop_skips:
                     self._finish_logging(bar)
                     self.ckpt.wait()
                     raise TrainingStopped(
@@ -338,19 +349,22 @@ class Trainer:
                         f"were not updated by them. The last good checkpoint "
                         f"(step {self.ckpt.latest_step()}) is kept in {self.ckpt_dir}. Check the data "
                         "around these steps and the learning rate.", EXIT_SKIPS)
-                if step % int(config.probe.every) == 0 or step == self.num_steps:
+                if probe_now:
                     self._probe(state, step)
-                if step % int(config.eval.every) == 0 or step == self.num_steps:
+                if eval_now:
                     self._eval(state, step)
-                if step % int(config.checkpoint.every) == 0 or step == self.num_steps:
+                if save_now:
                     self._save(state, step)
                 tick = time.perf_counter()  # probe / eval / checkpoint time is not step time
-                if sigterm.requested and step < self.num_steps:
+                signum = stop.poll()  # the same on every process at this step
+                if signum and step < self.num_steps:
                     self._save(state, step, force=True)
                     self._finish_logging(bar)
                     self.ckpt.wait()
-                    raise TrainingStopped(f"SIGTERM: saved a checkpoint at step {step} in {self.ckpt_dir}; "
-                                          "rerun the same command to continue", EXIT_SIGTERM)
+                    name = stopping.signal_name(signum)
+                    where = "" if stop.flag.signum == signum else " (it reached another process of this run)"
+                    raise TrainingStopped(f"{name}{where}: saved a checkpoint at step {step} in "
+                                          f"{self.ckpt_dir}; rerun the same command to continue", 128 + signum)
         self.ckpt.wait()
         self._finish_logging(bar)
         plot = metrics_log.plot_curves(self.workdir, title=f"{config.loss.name}, {self.source.where}") \
@@ -364,11 +378,12 @@ class Trainer:
         return summary
 
     def _log_window(self, step: int, window: Dict, peak: Optional[float]) -> Dict:
-        row = losses.reduce_metrics(window["metrics"])
-        row = {k: float(v) for k, v in row.items()}
+        """The window's row: its metric sums and last-step counters fetched in one device_get."""
+        sums, last = jax.device_get((window["metrics"], window["last"]))
+        row = {k: float(v) for k, v in losses.reduce_metrics(sums).items()}
         # Counters and the learning rate are "as of this step", not window averages.
         for k in ("optim/skipped", "optim/skipped_total", "optim/lr"):
-            row[k] = float(window["last"][k][0])
+            row[k] = float(last[k][0])
         seconds = max(window["time"], 1e-9)
         row["tokens_per_s"] = window["tokens"] / seconds
         row["pairs_per_s"] = window["pairs"] / seconds

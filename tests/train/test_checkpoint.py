@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from leanpo_jax.models import VideoLLM, get_preset
 from leanpo_jax.train import checkpoint as ckpt_lib
-from leanpo_jax.train import sharding as sharding_lib
+from leanpo_jax.train import mesh as mesh_lib, partitioning
 from leanpo_jax.train import state as state_lib
 
 VOCAB = 512
@@ -102,13 +102,13 @@ def test_restore_onto_a_2x2x2_mesh(train_state, tmp_path):
     assert len(train_state.step.sharding.device_set) == 1  # saved from single-device arrays
     ckpt.save(5, train_state, data_state=DATA_STATE, meta=META)
 
-    mesh = sharding_lib.mesh_from_config({"mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
+    mesh = mesh_lib.mesh_from_config({"mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
     abstract = jax.eval_shape(lambda: train_state)
     replicated = NamedSharding(mesh, P())
-    p_sh = {k: sharding_lib.param_shardings(abstract.params[k], mesh) for k in abstract.params}
+    p_sh = {k: partitioning.param_shardings(abstract.params[k], mesh) for k in abstract.params}
     shardings = state_lib.TrainState(
         params=_broadcast(p_sh, abstract.params),
-        opt_state=_broadcast(sharding_lib.like_params(abstract.opt_state, p_sh["trainable"]),
+        opt_state=_broadcast(partitioning.like_params(abstract.opt_state, p_sh["trainable"]),
                              abstract.opt_state),
         step=replicated, rng=replicated)
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -15,7 +15,8 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from leanpo_jax.models import VideoLLM, get_preset, num_video_tokens
-from leanpo_jax.train import sharding as S
+from leanpo_jax.train import batch_placement, sharded_step
+from leanpo_jax.train import mesh as mesh_lib
 from leanpo_jax.train import state as state_lib
 from leanpo_jax.train import step as step_lib
 
@@ -72,7 +73,7 @@ def _init():
 
 @pytest.fixture(scope="module")
 def mesh():
-    return S.mesh_from_config({"mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
+    return mesh_lib.mesh_from_config({"mesh": {"data": 2, "fsdp": 2, "tensor": 2}})
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +87,11 @@ def runs(mesh):
            "model_def": model_def}
 
     one = step_lib.make_train_step(model_def, STEP_CFG, OPT_CFG)
-    model_def_m, state_m = _init()  # fresh buffers: init_state shares f32 arrays with the model
-    state_m = S.shard_state(state_m, mesh)
-    sharded = S.sharded_train_step(model_def_m, STEP_CFG, OPT_CFG, abstract, batch, mesh)
+    model_def_m, state_m = _init()  # a second state: the mesh run donates its own buffers
+    state_m = state_lib.shard_state(state_m, mesh)
+    sharded = sharded_step.sharded_train_step(model_def_m, STEP_CFG, OPT_CFG, abstract, batch, mesh)
     for name, fn, st, b in (("one", one, state, batch),
-                            ("mesh", sharded, state_m, S.global_batch(batch, mesh))):
+                            ("mesh", sharded, state_m, batch_placement.global_batch(batch, mesh))):
         history = []
         for _ in range(STEPS):
             before = _flat(st.params["trainable"])
@@ -159,7 +160,7 @@ def test_frozen_params_bit_identical_on_the_mesh(runs):
 def test_batch_not_divisible_by_data_times_fsdp_names_data_batch_size(runs, mesh):
     odd = jax.tree.map(lambda x: jax.ShapeDtypeStruct((6,) + x.shape[1:], x.dtype), runs["batch"])
     with pytest.raises(ValueError, match=r"data\.batch_size"):
-        S.sharded_train_step(runs["model_def"], STEP_CFG, OPT_CFG, runs["abstract"], odd, mesh)
+        sharded_step.sharded_train_step(runs["model_def"], STEP_CFG, OPT_CFG, runs["abstract"], odd, mesh)
 
 
 def test_plain_array_params_take_their_names_from_the_model_def(runs, mesh):
@@ -167,14 +168,38 @@ def test_plain_array_params_take_their_names_from_the_model_def(runs, mesh):
     pure = {k: nnx.to_pure_dict(v) for k, v in abstract.params.items()}
     plain = abstract.replace(params=pure, opt_state=jax.eval_shape(
         state_lib.make_optimizer(OPT_CFG).init, pure["trainable"]))
-    got = S.state_shardings(plain, mesh, names_from=runs["model_def"])
+    got = state_lib.state_shardings(plain, mesh, names_from=runs["model_def"])
     assert got.params["trainable"]["language_model"]["embed_tokens"].spec == P("tensor", "fsdp")
     assert got.opt_state.inner_state[0][0].nu["language_model"]["embed_tokens"].spec == P(
         "tensor", "fsdp")
-    want = S.state_shardings(abstract, mesh)
+    want = state_lib.state_shardings(abstract, mesh)
     for key in ("trainable", "frozen"):
         assert (jax.tree.map(lambda s: s.spec, got.params[key])
                 == nnx.to_pure_dict(jax.tree.map(lambda s: s.spec, want.params[key])))
     # Without names_from plain arrays are replicated.
-    bare = S.state_shardings(plain, mesh)
+    bare = state_lib.state_shardings(plain, mesh)
     assert all(s.spec == P() for s in jax.tree.leaves(bare.params))
+
+
+def test_init_state_on_the_mesh_is_laid_out_and_valued_like_shard_state(runs, mesh):
+    """init_state(mesh=) (the trainer's builder) == shard_state(init_state()): same shardings,
+    same values; neither aliases the model's buffers (a donated step would delete them)."""
+    model = VideoLLM(tiny_config(), rngs=nnx.Rngs(0))
+    model_def, placed = state_lib.init_state(model, OPT_CFG, 0, mesh=mesh)
+    _, plain = _init()
+    moved = state_lib.shard_state(plain, mesh)
+    is_var = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
+    got, want = (jax.tree.leaves(s, is_leaf=is_var) for s in (placed, moved))
+    assert len(got) == len(want) > 0
+    for a, b in zip(got, want):
+        a, b = (x[...] if is_var(x) else x for x in (a, b))
+        assert a.sharding.is_equivalent_to(b.sharding, a.ndim), (a.sharding, b.sharding)
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert model_def.abstract_params is not None
+    before = _flat(nnx.state(model, nnx.Param))
+    for leaf in jax.tree.leaves(placed.params) + jax.tree.leaves(plain.params):
+        leaf.delete()
+    after = _flat(nnx.state(model, nnx.Param))  # still readable: no buffer was shared
+    assert before.keys() == after.keys()

@@ -15,12 +15,13 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from leanpo_jax.models import abstract_model, build_model, get_preset, num_video_tokens
-from leanpo_jax.train import sharding as S
+from leanpo_jax.train import batch_placement, partitioning
+from leanpo_jax.train import mesh as mesh_lib
 
 
 def _mesh(data, fsdp, tensor, n=None):
     devices = jax.devices()[: n or data * fsdp * tensor]
-    return S.mesh_from_config({"mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}}, devices)
+    return mesh_lib.mesh_from_config({"mesh": {"data": data, "fsdp": fsdp, "tensor": tensor}}, devices)
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +38,15 @@ def _flat(tree):
 # ----------------------------------------------------------------------------- mesh
 def test_mesh_fills_minus_one_and_uses_auto_axes():
     assert jax.device_count() == 8
-    mesh = S.mesh_from_config(ml_collections.ConfigDict({"mesh": S.mesh_config()}))
+    mesh = mesh_lib.mesh_from_config(ml_collections.ConfigDict({"mesh": mesh_lib.mesh_config()}))
     assert dict(mesh.shape) == {"data": 1, "fsdp": 8, "tensor": 1}
     assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
-    assert dict(S.mesh_from_config({"data": 2, "fsdp": -1, "tensor": 2}).shape) == {
+    assert dict(mesh_lib.mesh_from_config({"data": 2, "fsdp": -1, "tensor": 2}).shape) == {
         "data": 2, "fsdp": 2, "tensor": 2}
-    assert dict(S.mesh_from_config({"data": -1}).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
-    one = S.mesh_from_config({"mesh": S.mesh_config()}, jax.devices()[:1])
+    assert dict(mesh_lib.mesh_from_config({"data": -1}).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    one = mesh_lib.mesh_from_config({"mesh": mesh_lib.mesh_config()}, jax.devices()[:1])
     assert dict(one.shape) == {"data": 1, "fsdp": 1, "tensor": 1}
-    assert S.data_parallel_size(_mesh(2, 2, 2)) == 4
+    assert mesh_lib.data_parallel_size(_mesh(2, 2, 2)) == 4
 
 
 @pytest.mark.parametrize("mesh, message", [
@@ -56,7 +57,7 @@ def test_mesh_fills_minus_one_and_uses_auto_axes():
 ])
 def test_mesh_errors_name_the_config_keys(mesh, message):
     with pytest.raises(ValueError, match=message) as err:
-        S.mesh_from_config({"mesh": mesh})
+        mesh_lib.mesh_from_config({"mesh": mesh})
     assert "mesh." in str(err.value)
 
 
@@ -64,7 +65,7 @@ def test_mesh_errors_name_the_config_keys(mesh, message):
 @pytest.mark.parametrize("shape", [(2, 2, 2), (1, 2, 4), (1, 8, 1), (8, 1, 1), (1, 1, 8)])
 def test_every_tiny_param_gets_a_valid_sharding(tiny_params, shape):
     mesh = _mesh(*shape)
-    shardings = _flat(S.param_shardings(tiny_params, mesh))
+    shardings = _flat(partitioning.param_shardings(tiny_params, mesh))
     params = _flat(tiny_params)
     assert shardings.keys() == params.keys() and len(params) == 40
     for path, var in params.items():
@@ -81,14 +82,14 @@ def test_every_tiny_param_gets_a_valid_sharding(tiny_params, shape):
 
 
 def test_spot_checks_and_kv_heads_fallback(tiny_params):
-    sh = _flat(S.param_shardings(tiny_params, _mesh(2, 2, 2)))
+    sh = _flat(partitioning.param_shardings(tiny_params, _mesh(2, 2, 2)))
     assert sh["['language_model']['embed_tokens']"].spec == P("tensor", "fsdp")
     assert sh["['language_model']['layers']['q_kernel']"].spec == P(None, "fsdp", "tensor")
     assert sh["['language_model']['layers']['k_kernel']"].spec == P(None, "fsdp", "tensor")
     assert sh["['language_model']['layers']['down_kernel']"].spec == P(None, "tensor", "fsdp")
     assert sh["['language_model']['final_norm']"].spec == P()
     # tiny GQA: 4 heads, 2 kv heads; tensor=4 shards heads but replicates kv_heads.
-    sh4 = _flat(S.param_shardings(tiny_params, _mesh(1, 2, 4)))
+    sh4 = _flat(partitioning.param_shardings(tiny_params, _mesh(1, 2, 4)))
     assert sh4["['language_model']['layers']['q_kernel']"].spec == P(None, "fsdp", "tensor")
     assert sh4["['language_model']['layers']['k_kernel']"].spec == P(None, "fsdp")
     assert sh4["['language_model']['layers']['k_bias']"].spec == P()
@@ -97,21 +98,21 @@ def test_spot_checks_and_kv_heads_fallback(tiny_params):
 def test_spec_for_never_reuses_a_mesh_axis():
     mesh = _mesh(2, 2, 2)
     rules = (("a", "tensor"), ("b", "tensor"), ("c", ("data", "fsdp")), ("d", ("fsdp", "tensor")))
-    assert S.spec_for((4, 4), ("a", "b"), mesh, rules) == P("tensor")
-    assert S.spec_for((4, 4), ("c", "d"), mesh, rules) == P(("data", "fsdp"), "tensor")
-    assert S.spec_for((3, 4), ("a", "b"), mesh, rules) == P(None, "tensor")  # 3 % 2: replicated
-    assert S.spec_for((4, 4), ("a", "unknown"), mesh, rules) == P("tensor")
-    assert S.spec_for((4,), None, mesh, rules) == P()
+    assert partitioning.spec_for((4, 4), ("a", "b"), mesh, rules) == P("tensor")
+    assert partitioning.spec_for((4, 4), ("c", "d"), mesh, rules) == P(("data", "fsdp"), "tensor")
+    assert partitioning.spec_for((3, 4), ("a", "b"), mesh, rules) == P(None, "tensor")  # 3 % 2: replicated
+    assert partitioning.spec_for((4, 4), ("a", "unknown"), mesh, rules) == P("tensor")
+    assert partitioning.spec_for((4,), None, mesh, rules) == P()
     with pytest.raises(ValueError, match="mesh has no axis 'expert'"):
-        S.spec_for((4,), ("e",), mesh, (("e", "expert"),))
+        partitioning.spec_for((4,), ("e",), mesh, (("e", "expert"),))
 
 
 def test_optimizer_state_follows_params(tiny_params):
     mesh = _mesh(2, 2, 2)
-    p_sh = S.param_shardings(tiny_params, mesh)
+    p_sh = partitioning.param_shardings(tiny_params, mesh)
     tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3))
     opt_state = jax.eval_shape(tx.init, tiny_params)
-    o_sh = S.like_params(opt_state, p_sh)
+    o_sh = partitioning.like_params(opt_state, p_sh)
     adam = o_sh[1][0]
     flat_p = _flat(p_sh)
     for tree in (adam.mu, adam.nu):
@@ -122,11 +123,11 @@ def test_optimizer_state_follows_params(tiny_params):
     # Pure-dict layouts (nnx.to_pure_dict) of params and optimizer state match by path too.
     pure = nnx.to_pure_dict(tiny_params)
     pure_opt = jax.eval_shape(optax.adam(1e-3).init, pure)
-    pure_sh = S.like_params(pure_opt, nnx.to_pure_dict(p_sh))
+    pure_sh = partitioning.like_params(pure_opt, nnx.to_pure_dict(p_sh))
     assert pure_sh[0].mu["language_model"]["embed_tokens"].spec == P("tensor", "fsdp")
     assert _flat(pure_sh[0].nu) == _flat(nnx.to_pure_dict(p_sh))
     # The trainable subset alone works the same way.
-    lm = S.param_shardings(tiny_params["language_model"], mesh)
+    lm = partitioning.param_shardings(tiny_params["language_model"], mesh)
     assert _flat(lm)["['embed_tokens']"].spec == P("tensor", "fsdp")
 
 
@@ -148,8 +149,8 @@ def _host_batch(b=4, f=2, s=24, p=6, r=5):
 def test_global_batch_shapes_and_shardings():
     mesh = _mesh(2, 2, 2)
     host = _host_batch()
-    batch = S.global_batch(host, mesh)
-    specs = S.batch_shardings(host, mesh)
+    batch = batch_placement.global_batch(host, mesh)
+    specs = batch_placement.batch_shardings(host, mesh)
     for key, value in host.items():
         assert batch[key].shape == value.shape and batch[key].dtype == value.dtype, key
         assert batch[key].sharding.is_equivalent_to(specs[key], value.ndim), key
@@ -161,18 +162,18 @@ def test_global_batch_shapes_and_shardings():
 def test_batch_not_divisible_names_data_batch_size():
     mesh = _mesh(2, 2, 2)
     with pytest.raises(ValueError, match=r"data\.batch_size.*multiple of 4"):
-        S.global_batch(_host_batch(b=6), mesh)
+        batch_placement.global_batch(_host_batch(b=6), mesh)
     with pytest.raises(ValueError, match=r"data\.batch_size"):
-        S.batch_shardings({"x": jax.ShapeDtypeStruct((2, 3), jnp.int32)}, mesh)
+        batch_placement.batch_shardings({"x": jax.ShapeDtypeStruct((2, 3), jnp.int32)}, mesh)
 
 
 def test_distributed_is_a_noop_unless_configured():
-    assert not S.maybe_initialize_distributed(ml_collections.ConfigDict({"seed": 0}))
-    assert not S.maybe_initialize_distributed({"distributed": S.distributed_config()})
+    assert not mesh_lib.maybe_initialize_distributed(ml_collections.ConfigDict({"seed": 0}))
+    assert not mesh_lib.maybe_initialize_distributed({"distributed": mesh_lib.distributed_config()})
     bad = {"distributed": {"coordinator_address": "localhost:1234", "num_processes": 2,
                            "process_id": 2}}
     with pytest.raises(ValueError, match="distributed.process_id"):
-        S.maybe_initialize_distributed(bad)
+        mesh_lib.maybe_initialize_distributed(bad)
 
 
 # ----------------------------------------------------------------------------- sharded forward
@@ -192,13 +193,13 @@ def test_sharded_model_matches_one_device():
     reference = np.asarray(nnx.jit(forward)(build_model(config, seed=0), ids, frames))
 
     mesh = _mesh(2, 2, 2)
-    model = S.build_sharded(lambda: build_model(config, seed=0), mesh)
+    model = partitioning.build_sharded(lambda: build_model(config, seed=0), mesh)
     graphdef, state = nnx.split(model)
-    shardings = S.param_shardings(state, mesh)
+    shardings = partitioning.param_shardings(state, mesh)
     embed = state["language_model"]["embed_tokens"]
     assert embed[...].sharding.spec == P("tensor", "fsdp")
     # shard_model on a concrete model gives the same placement.
-    placed = nnx.state(S.shard_model(build_model(config, seed=0), mesh))
+    placed = nnx.state(partitioning.shard_model(build_model(config, seed=0), mesh))
     assert placed["language_model"]["embed_tokens"][...].sharding.is_equivalent_to(
         embed[...].sharding, 2)
     # Same seed, same values (the jitted init may round the std scaling 1 ulp differently).
@@ -208,10 +209,26 @@ def test_sharded_model_matches_one_device():
     def pure(state, ids, frames):
         return forward(nnx.merge(graphdef, state), ids, frames)
 
-    b_sh = S.batch_shardings({"ids": ids, "frames": frames}, mesh)
+    b_sh = batch_placement.batch_shardings({"ids": ids, "frames": frames}, mesh)
     with jax.set_mesh(mesh):
         out = jax.jit(pure, in_shardings=(shardings, b_sh["ids"], b_sh["frames"]),
                       out_shardings=NamedSharding(mesh, P(("data", "fsdp"))))(state, ids, frames)
     assert out.sharding.spec == P(("data", "fsdp"))
     out = np.asarray(out)
     assert np.linalg.norm(out - reference) <= 1e-5 * np.linalg.norm(reference)
+
+
+def test_train_modules_import_at_module_level_only():
+    """No import inside a function (the old sharding module dodged a cycle that way)."""
+    import ast
+    import pathlib
+
+    import leanpo_jax.train as train_pkg
+
+    folder = pathlib.Path(train_pkg.__file__).parent
+    for name in ("mesh", "partitioning", "batch_placement", "state", "sharded_step", "stopping"):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(fn) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{name}.py: import inside {fn.name}()"

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO_ROOT, run_cli
+from conftest import COMPILATION_CACHE_DIR, REPO_ROOT, run_cli
 
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train.metrics_log import read_metrics
@@ -46,6 +46,21 @@ def saved_arrays(workdir, step):
     path = os.path.join(workdir, "checkpoints", str(step), "state")
     tree = ocp.PyTreeCheckpointer().restore(path)
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
+
+
+def saved_arrays_on_one_device(workdir, step):
+    """`saved_arrays` for a checkpoint written on another topology (e.g. by two processes):
+    every array is restored onto this process's first device."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.join(workdir, "checkpoints", str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    meta = checkpointer.metadata(path)
+    meta = getattr(meta, "item_metadata", meta)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=device), getattr(meta, "tree", meta))
+    flat, _ = jax.tree_util.tree_flatten_with_path(checkpointer.restore(path, restore_args=args))
     return {jax.tree_util.keystr(p): np.asarray(v) for p, v in flat}
 
 
@@ -185,22 +200,81 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_train_and_checkpoint(tmp_path):
-    workdir = str(tmp_path)
-    port = _free_port()
+def _env():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["PYTHONPATH"] = REPO_ROOT
-    procs = [subprocess.Popen(
+    # The tests' compilation cache (tests/conftest.py): reruns of one setup skip the compiles.
+    env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE_DIR
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    return env
+
+
+def _signal_after(procs, workdir, step, sig, target):
+    """Sends `sig` to procs[target] once the run logged `step`; -> [(stdout, stderr)] per proc."""
+    deadline = time.time() + 300
+    while (time.time() < deadline and all(p.poll() is None for p in procs)
+           and max([r["step"] for r in train_rows(workdir)] or [0]) < step):
+        time.sleep(0.2)
+    procs[target].send_signal(sig)
+    return [p.communicate(timeout=300) for p in procs]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
+    workdir = str(tmp_path)
+    proc = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={workdir}",
+                             "--config.checkpoint.export_hf=False"], env=_env(), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    [(out, err)] = _signal_after([proc], workdir, 1, signal.SIGINT, 0)
+    assert proc.returncode == 130, (out, err)
+    assert "SIGINT" in err and "rerun the same command" in err
+    stopped = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step()
+    assert 1 <= stopped < 20 and max(r["step"] for r in train_rows(workdir)) == stopped
+
+
+def _two_processes(workdir, port, *extra):
+    return [subprocess.Popen(
         [sys.executable, *TRAIN, f"--workdir={workdir}", "--config.total_steps=10",
-         "--config.num_steps=2", "--config.checkpoint.every=2", "--config.checkpoint.export_hf=False",
+         "--config.checkpoint.every=100", "--config.checkpoint.export_hf=False",
          f"--config.distributed.coordinator_address=localhost:{port}",
-         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", *extra],
+        env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
+
+
+def test_sigterm_on_one_of_two_processes_stops_both_at_one_step_and_resumes_exactly(tmp_path):
+    """Only process 1 gets SIGTERM: both stop at the same step (all-reduced request), one
+    collective checkpoint of that step, both exit 143; a rerun of both continues exactly as the
+    uninterrupted two-process run (losses and final params)."""
+    reference_dir, workdir = str(tmp_path / "reference"), str(tmp_path / "run")
+    procs = _two_processes(reference_dir, _free_port(), "--config.num_steps=6")
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [2]
-    rows = train_rows(workdir)
-    assert [r["step"] for r in rows] == [1, 2]
-    assert json.load(open(os.path.join(workdir, "train_summary.json")))["step"] == 2
+    # The uninterrupted run: one collective checkpoint at the end, one log, one summary.
+    assert ckpt_lib.Checkpointer(os.path.join(reference_dir, "checkpoints")).all_steps() == [6]
+    assert [r["step"] for r in train_rows(reference_dir)] == list(range(1, 7))
+    assert json.load(open(os.path.join(reference_dir, "train_summary.json")))["step"] == 6
+
+    procs = _two_processes(workdir, _free_port(), "--config.num_steps=6")
+    outs = _signal_after(procs, workdir, 1, signal.SIGTERM, 1)
+    assert [p.returncode for p in procs] == [143, 143], outs
+    assert all("SIGTERM" in err for _, err in outs), outs
+    assert "another process" in outs[0][1]  # process 0 stopped for process 1's signal
+    saved = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps()
+    assert len(saved) == 1 and 1 <= saved[0] < 6, saved  # one checkpoint: the stop step
+    assert [r["step"] for r in train_rows(workdir)] == list(range(1, saved[0] + 1))
+
+    # A rerun may meet on another port (distributed.coordinator_address / process_id are
+    # launch details, not part of the run's config).
+    procs = _two_processes(workdir, _free_port(), "--config.num_steps=6")
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    rows, reference = train_rows(workdir), train_rows(reference_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference] == list(range(1, 7))
+    for got, want in zip(rows, reference):
+        for key in ("loss", "loss/preference", "logps/chosen", "rewards/margins"):
+            assert abs(got[key] - want[key]) <= 1e-6 * max(1.0, abs(want[key])), (got["step"], key)
+    resumed, uninterrupted = (saved_arrays_on_one_device(d, 6) for d in (workdir, reference_dir))
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        np.testing.assert_array_equal(resumed[key], uninterrupted[key], err_msg=key)
