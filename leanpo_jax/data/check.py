@@ -16,7 +16,9 @@ ok + sum(skipped) == N. The config's model (`model.preset`, or the checkpoint at
 in training. Without --config the built-in defaults (the tiny preset, 4 frames, its default
 Qwen tokenizer: leanpo_jax.data.config, configs/tiny.py's data block) are used, from any
 directory; `--init-from DIR` checks against a checkpoint instead.
-Exit status: 0 (also with skipped records, unless --strict: then 1), 2 for a usage error.
+Exit status: 0 when the data is usable; 1 when no record is usable, or the skipped share
+exceeds data.max_skipped_fraction (the trainer's rule, `data.skip_budget`; override it with
+--max-skipped-fraction), or with --strict any record was skipped; 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from leanpo_jax.console import quiet_missing_torch_advice
+
+quiet_missing_torch_advice()  # before anything imports transformers
+
 import jax
 import ml_collections
 
 from leanpo_jax.data import pipeline
 from leanpo_jax.data.config import data_config as default_data_config
 from leanpo_jax.data.contract import ModelInterface
+from leanpo_jax.data.skip_budget import SkipBudget
 from leanpo_jax.models.runtime import data_interface, model_source
 
 DEFAULT_PRESET = "tiny"
@@ -126,6 +133,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skipped-out", default="", help="write one JSON line per skipped record here")
     p.add_argument("--kind", choices=("pairs", "triplets"), default=None, help="override data.kind")
     p.add_argument("--num-workers", type=int, default=None, help="override data.num_workers")
+    p.add_argument("--max-skipped-fraction", type=float, default=None,
+                   help="override data.max_skipped_fraction: exit 1 above this skipped share")
     p.add_argument("--strict", action="store_true", help="exit 1 if any record was skipped")
     return p
 
@@ -151,6 +160,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         data.kind = args.kind
     if args.num_workers is not None:
         data.num_workers = args.num_workers
+    if args.max_skipped_fraction is not None:
+        if not 0.0 <= args.max_skipped_fraction <= 1.0:
+            print("error: --max-skipped-fraction must be in [0, 1]", file=sys.stderr)
+            return 2
+        data.max_skipped_fraction = args.max_skipped_fraction
     try:
         model = model_interface(config, data, args.init_from)
     except (FileNotFoundError, ValueError) as e:
@@ -158,8 +172,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     result = check(data, model, skipped_out=args.skipped_out)
     sys.stdout.flush()
+    verdict = SkipBudget.from_config(data, result["records"]).verdict(
+        result["records"], sum(result["skipped"].values()), result["skipped"], args.skipped_out or None)
+    if verdict:
+        print(f"leanpo-check-data: {verdict}", file=sys.stderr, flush=True)
     print(json.dumps({k: result[k] for k in ("records", "ok", "skipped")}), flush=True)
-    return 1 if args.strict and result["skipped"] else 0
+    return 1 if verdict or (args.strict and result["skipped"]) else 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,12 @@ DATA = Block(
     on_bad_record=Field("skip", '"skip": bad records counted and listed in WORKDIR/skipped_records.jsonl; '
                         '"error": the first one stops the run, naming it and the fix',
                         choices=("skip", "error")),
+    max_skipped_fraction=Field(0.1, "Stop with an error (exit 4) once skipped records exceed this share of the "
+                               "records read (after data.skip_check_min_records); 1.0 = never stop",
+                               rule="in [0, 1]"),
+    skip_check_min_records=Field(20, "Records read before data.max_skipped_fraction is checked (a shorter run: "
+                                 "all it reads); a first batch with no usable record stops at once",
+                                 rule=">= 1"),
     tokenizer=Field("", 'Tokenizer folder (tokenizer.json); "" = the model\'s own: model.init_from\'s '
                     "tokenizer.json when it has one, else the preset's default tokenizer"),
     chat_template=Field("training", "training: the template the model family was trained with (ids built "

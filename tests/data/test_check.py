@@ -28,7 +28,8 @@ def test_checker_cli_from_another_directory(folder, tmp_path, run_cli):
     root, n_good = folder
     out = tmp_path / "skipped.jsonl"
     proc = run_cli(["-m", "leanpo_jax.data.check", "--pairs", os.path.join(root, "mixed.jsonl"),
-                    "--video-root", root, "--skipped-out", str(out)], cwd=str(tmp_path))
+                    "--video-root", root, "--skipped-out", str(out), "--max-skipped-fraction", "0.5"],
+                   cwd=str(tmp_path))  # 3 of 6 skipped: at (not above) the raised threshold
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
     skipped = {records.MALFORMED_JSON: 1, records.MISSING_VIDEO: 1, records.PROMPT_TOO_LONG: 1}
@@ -57,3 +58,22 @@ def test_checker_with_a_config_file_and_strict_exit(folder, tmp_path, run_cli):
     # The long prompt fits the raised limit; 2 frames still read through the same path.
     assert result == {"records": n_good + 3, "ok": n_good + 1,
                       "skipped": {records.MALFORMED_JSON: 1, records.MISSING_VIDEO: 1}}
+
+
+def test_checker_fails_above_the_skip_threshold_and_when_nothing_is_usable(folder, tmp_path, capsys):
+    root, n_good = folder
+    mixed = os.path.join(root, "mixed.jsonl")
+    # 3 of 6 records skipped > the default data.max_skipped_fraction 0.1 (6 records < the
+    # check's minimum of 20: a short file is judged on all of its records).
+    assert check.main(["--pairs", mixed, "--video-root", root]) == 1
+    err = capsys.readouterr().err
+    assert "3 of 6 records skipped (50.0%)" in err and "data.max_skipped_fraction=0.1" in err
+    assert check.main(["--pairs", mixed, "--video-root", root, "--max-skipped-fraction", "0.5"]) == 0
+    capsys.readouterr()
+    # A wrong video root: every record skipped, whatever the threshold.
+    assert check.main(["--pairs", os.path.join(root, "pairs.jsonl"), "--video-root", str(tmp_path),
+                       "--max-skipped-fraction", "1.0"]) == 1
+    captured = capsys.readouterr()
+    assert f"{n_good} of {n_good} records skipped (100.0%): missing_video {n_good}" in captured.err
+    assert "no record was usable" in captured.err and "data.video_root" in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["ok"] == 0
