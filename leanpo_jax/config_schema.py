@@ -251,11 +251,24 @@ def _unknown_override(argv: List[str], flag: str) -> Optional[str]:
     return None
 
 
-def cli_flags_parser(prog: str, flag: str = "config") -> Callable[[List[str]], List[str]]:
-    """`app.run(main, flags_parser=cli_flags_parser("leanpo-train"))`: absl's parsing, with an
-    override of a key the config lacks refused as "PROG: error: unknown config key ..."."""
+def cli_flags_parser(prog: str, flag: str = "config", *,
+                     flags_module: str = "__main__") -> Callable[[List[str]], List[str]]:
+    """`app.run(main, flags_parser=cli_flags_parser("leanpo-train", flags_module=__name__))`:
+    absl's parsing, with an override of a key the config lacks refused as "PROG: error:
+    unknown config key ...". `flags_module` is the module defining the CLI's flags: absl's
+    --help lists the flags of the program file (sys.argv[0]) only, which for a console script
+    is the generated launcher, so they are listed under it as well (and the launcher, which
+    has no docstring, shows `flags_module`'s as the usage text)."""
 
     def parse(argv: List[str]) -> List[str]:
+        if flags_module != "__main__":
+            launcher = sys.modules["__main__"]
+            if not getattr(launcher, "__doc__", None):  # absl's usage text is __main__'s doc
+                launcher.__doc__ = sys.modules[flags_module].__doc__
+            shown = {id(f) for f in flags.FLAGS.get_flags_for_module(sys.argv[0])}
+            for defined in flags.FLAGS.get_flags_for_module(flags_module):
+                if id(defined) not in shown:
+                    flags.FLAGS.register_flag_by_module(sys.argv[0], defined)
         try:
             return app.parse_flags_with_usage(argv)
         except (KeyError, AttributeError):

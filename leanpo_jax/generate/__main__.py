@@ -14,6 +14,10 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from leanpo_jax.console import quiet_missing_torch_advice
+
+quiet_missing_torch_advice()  # before anything imports transformers
+
 from leanpo_jax import config_schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file with model, data and generate blocks.",
@@ -53,7 +57,7 @@ def _main(argv) -> None:
 def main() -> None:
     """Console-script entry point (`leanpo-generate`)."""
     flags.mark_flags_as_required(["config", "input", "output"])
-    app.run(_main, flags_parser=config_schema.cli_flags_parser("leanpo-generate"))
+    app.run(_main, flags_parser=config_schema.cli_flags_parser("leanpo-generate", flags_module=__name__))
 
 
 if __name__ == "__main__":
