@@ -58,6 +58,7 @@ setup(
     entry_points={"console_scripts": [
         "leanpo-check-data=leanpo_jax.data.check:main",
         "leanpo-train=leanpo_jax.train.__main__:main",
+        "leanpo-export=leanpo_jax.export.__main__:main",
         "leanpo-generate=leanpo_jax.generate.__main__:main",
         "leanpo-demo=leanpo_jax.demo.__main__:main",
         "leanpo-bench=leanpo_jax.bench.__main__:main",

@@ -59,6 +59,7 @@ from leanpo_jax.data.batching import (  # noqa: F401  (re-exported: the pipeline
     make_tokenizer, resolve_spec, resolve_video_root, response_length,
 )
 from leanpo_jax.data.contract import ModelInterface
+from leanpo_jax.jsonl_files import read_jsonl, repair_torn_tail
 
 SKIPPED_FILENAME = "skipped_records.jsonl"
 STATE_VERSION = 1
@@ -206,10 +207,10 @@ class DataPipeline:
         self.close()
         self._counts = {k: json.loads(json.dumps(state[k])) for k in self._counts}
         if self.skipped_path and os.path.exists(self.skipped_path):
-            with open(self.skipped_path, encoding="utf-8") as f:
-                keep = [line for line in f if line.strip() and json.loads(line)["step"] < self.next_step]
+            repair_torn_tail(self.skipped_path)  # a kill mid-append tears the last line only
+            keep = [row for row in read_jsonl(self.skipped_path) if row["step"] < self.next_step]
             with open(self.skipped_path, "w", encoding="utf-8") as f:
-                f.writelines(keep)
+                f.writelines(json.dumps(row) + "\n" for row in keep)
 
     def stats(self) -> dict:
         """Accounting of this host so far; after a full pass (summed over hosts):

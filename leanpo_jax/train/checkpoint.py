@@ -1,4 +1,4 @@
-"""Checkpoints (Orbax), resume-config checks and a SIGTERM flag for clean preemption.
+"""Checkpoints (Orbax) and resume-config checks (the stop-request flag is train.stopping's).
 
     ckpt = Checkpointer(workdir + "/checkpoints", max_to_keep=3)
     ckpt.save(step, state, data_state=it.get_state(), meta={"config": cfg.to_dict(), ...})
@@ -23,11 +23,11 @@ list finished steps only (also excluding this process's own still-running async 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
-import signal
-import threading
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import shutil
+from typing import List, Mapping, Optional, Sequence, Tuple
 
 import jax
 import numpy as np
@@ -124,8 +124,30 @@ def _jsonable(x):
 
 
 # ----------------------------------------------------------------------------- checkpointer
+def _size(num_bytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return f"{num_bytes:.1f} GiB"
+
+
+def _free_space(path: str) -> str:
+    while path and not os.path.isdir(path):  # the folder may not exist yet
+        path = os.path.dirname(path)
+    try:
+        return f"{_size(shutil.disk_usage(path or '.').free)} free"
+    except OSError:
+        return "free space unknown"
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (the disk is full); the message says what is intact."""
+
+
 class Checkpointer:
-    """Orbax CheckpointManager over `directory` (made absolute; created if missing).
+    """Orbax CheckpointManager over `directory` (made absolute; created by the first save, so a
+    run that fails before saving leaves no empty folder).
 
     Every process of a multi-host run must construct it and call save / restore / wait /
     close in the same order (Orbax synchronises them). `max_to_keep` newest steps are kept.
@@ -136,9 +158,10 @@ class Checkpointer:
     def __init__(self, directory: str, *, max_to_keep: int = 3, async_save: bool = True):
         self.directory = os.path.abspath(os.fspath(directory))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save)
+            max_to_keep=max_to_keep, create=False, enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
         self._pending: Optional[int] = None  # step of this process's last async save
+        self._pending_bytes = 0  # its arrays' size, for the disk-full message
 
     def _in_flight(self) -> Optional[int]:
         if self._pending is not None and not self._manager.is_saving_in_progress():
@@ -172,12 +195,35 @@ class Checkpointer:
             data=ocp.args.JsonSave(_jsonable(dict(data_state))),
             meta=ocp.args.JsonSave(_jsonable(dict(meta))),
         )
-        saved = bool(self._manager.save(step, args=args, force=force))
+        self._pending_bytes = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree.leaves(state))
+        try:
+            saved = bool(self._manager.save(step, args=args, force=force))
+        except Exception as err:  # noqa: BLE001  (re-raised unless it is a full disk)
+            self._raise_if_disk_full(err, step)
+            raise
         if saved and self._manager.is_saving_in_progress():
             self._pending = step
         return saved
 
-    def _resolve_step(self, step: Optional[int]) -> int:
+    def _raise_if_disk_full(self, err: BaseException, step: int) -> None:
+        """A full disk becomes one CheckpointWriteError line: where, how much, what is intact."""
+        seen = set()
+        while err is not None and id(err) not in seen:
+            seen.add(id(err))
+            if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or "No space left" in str(err):
+                break
+            err = err.__cause__ or err.__context__
+        else:
+            return
+        intact = [s for s in self._manager.all_steps() if s != step]
+        kept = f"checkpoint {intact[-1]} is intact" if intact else "no earlier checkpoint exists"
+        raise CheckpointWriteError(
+            f"no space left on the device of {self.directory} while saving checkpoint {step} "
+            f"({_free_space(self.directory)}; the state needs about {_size(self._pending_bytes)}); "
+            f"{kept}. Free space (or lower checkpoint.max_to_keep) and rerun the same command") from None
+
+    def resolve_step(self, step: Optional[int]) -> int:
+        """`step` if it is saved, the latest for None; FileNotFoundError naming the saved steps."""
         self.wait()  # a save of this process must be finished before it can be read
         steps = self.all_steps()
         if not steps:
@@ -198,7 +244,7 @@ class Checkpointer:
         a run resumes on another mesh / device count); values are bit-identical to the saved
         ones. Raises FileNotFoundError naming the directory when there is no checkpoint.
         """
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
         names = [_names(p) for p, _ in flat]
         targets = [_abstract_leaf(x, n) for (_, x), n in zip(flat, names)]
@@ -221,15 +267,25 @@ class Checkpointer:
         state = jax.tree_util.tree_unflatten(treedef, leaves)
         return state, dict(restored["data"] or {}), dict(restored["meta"] or {})
 
+    def restore_data_state(self, step: Optional[int] = None) -> dict:
+        """The data-iterator state of `step` (default: the latest) without reading any array."""
+        step = self.resolve_step(step)
+        restored = self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))
+        return dict(restored["data"] or {})
+
     def read_meta(self, step: Optional[int] = None) -> dict:
         """The `meta` dict of `step` (default: the latest) without reading any array."""
-        step = self._resolve_step(step)
+        step = self.resolve_step(step)
         restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         return dict(restored["meta"] or {})
 
     def wait(self) -> None:
         """Blocks until this process's pending async save is on disk (finalised)."""
-        self._manager.wait_until_finished()
+        try:
+            self._manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001  (re-raised unless it is a full disk)
+            self._raise_if_disk_full(err, self._pending if self._pending is not None else -1)
+            raise
         self._pending = None
 
     def close(self) -> None:
@@ -305,43 +361,3 @@ def check_resume_config(saved: dict, current: dict, *, allowed: Sequence[str],
         f"the checkpoint in {directory} was written with a different config; cannot resume "
         f"with these {len(diffs)} change(s):\n{lines}\nUse a new --workdir to start a fresh "
         f"run, or restore the saved value(s) to resume (only {sorted(allowed)} may change).")
-
-
-# ----------------------------------------------------------------------------- preemption
-class SigtermFlag:
-    """Context manager: while active, SIGTERM (and SIGINT when `sigint=True`) sets
-    `.requested` instead of killing the process, so the trainer can save and exit at the
-    next step boundary; the previous handlers are restored on exit. A second SIGINT while a
-    request is pending raises KeyboardInterrupt (Ctrl-C twice still stops a stuck run).
-
-    `.signum` is the first signal received (0 before any): the trainer exits 128 + signum.
-
-    Python only installs signal handlers from the main thread: elsewhere this is a no-op
-    and `.requested` stays False. Each process sees only its own signals; multi-host
-    trainers agree on the stop step first (`train.stopping.AgreedStop`) before saving.
-    """
-
-    def __init__(self, *, sigint: bool = False):
-        self.requested = False
-        self.signum = 0
-        self._signals = (signal.SIGTERM,) + ((signal.SIGINT,) if sigint else ())
-        self._previous: Dict[int, Any] = {}
-
-    def _handle(self, signum, frame):
-        if signum == signal.SIGINT and self.requested:
-            raise KeyboardInterrupt
-        self.signum = self.signum or int(signum)
-        self.requested = True
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self._signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            # None = installed from C, not Python: SIG_DFL is the best restoration available.
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
-        self._previous.clear()
-        return False

@@ -28,8 +28,10 @@ from leanpo_jax.train.step import LAYOUTS, LOSS
 # Where the processes meet and which one this is are launch details (every process but 0
 # differs from the saved process_id; a relaunch may get another port); num_processes stays
 # fixed, since each host's data shard and saved iterator state depend on it.
+# The skip budget may be raised to continue a run that stopped for skipped records.
 RESUMABLE_KEYS = ("num_steps", "logging", "distributed.coordinator_address",
-                  "distributed.process_id", "distributed.auto")
+                  "distributed.process_id", "distributed.auto", "data.max_skipped_fraction",
+                  "data.skip_check_min_records")
 DTYPES = ("auto", "float32", "bfloat16")
 
 MODEL = Block(

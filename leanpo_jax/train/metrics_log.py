@@ -3,7 +3,10 @@
 metrics.jsonl holds one JSON object per logged step, `{"step": k, name: value, ...}`; train
 rows use the docs/loss.md §3 names, eval rows `eval/...`, probe rows `probe/...` (these live in rows
 of their own step with a "kind" field). On resume `MetricsLog(..., resume_step=s)` drops every
-row after step s first, so the file has one row per step and kind however often a run restarts.
+row after step s first (and a line torn by a kill), so the file has one row per step and kind
+however often a run restarts. A value that does not exist is null: a NaN/Inf, or a metric with
+nothing to average (every pair of the window's steps was skipped: `empty_steps` counts them);
+null values are left out of TensorBoard and the curves.
 Only process 0 writes.
 """
 
@@ -13,6 +16,8 @@ import json
 import math
 import os
 from typing import Dict, List, Optional
+
+from leanpo_jax.jsonl_files import read_jsonl, repair_torn_tail
 
 METRICS_FILENAME = "metrics.jsonl"
 PLOT_FILENAME = "training_curves.png"
@@ -25,11 +30,8 @@ def _clean(value):
 
 
 def read_metrics(workdir: str) -> List[Dict]:
-    path = os.path.join(workdir, METRICS_FILENAME)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The rows of WORKDIR/metrics.jsonl (a torn last line is left out; `jsonl_files`)."""
+    return read_jsonl(os.path.join(workdir, METRICS_FILENAME))
 
 
 class MetricsLog:
@@ -43,6 +45,7 @@ class MetricsLog:
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        repair_torn_tail(self.path)  # a kill mid-append (metrics are rewritten from the resume step)
         kept = [r for r in read_metrics(workdir) if r.get("step", 0) <= resume_step]
         with open(self.path, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -81,34 +84,38 @@ def _series(rows: List[Dict], key: str, kind: str = "train"):
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
+def _panels(rows: List[Dict]):
+    """(title, [(label, xs, ys, style)]) per panel that has data: an SFT run has no rewards."""
+    logps = []
+    for key, label in (("logps/chosen", "chosen"), ("logps/rejected", "rejected")):
+        logps.append((f"train {label}", *_series(rows, key), "-"))
+        logps.append((f"probe {label}", *_series(rows, f"probe/{key}", "probe"), "o--"))
+    rewards = [(key.split("/")[1], *_series(rows, key), "-")
+               for key in ("rewards/chosen", "rewards/rejected", "rewards/margins")]
+    loss = [("loss", *_series(rows, "loss"), "-"), ("preference", *_series(rows, "loss/preference"), "-")]
+    panels = [("summed log π(y) per response", logps), ("rewards", rewards), ("loss", loss)]
+    return [(title, [c for c in curves if c[1]]) for title, curves in panels
+            if any(c[1] for c in curves)]
+
+
 def plot_curves(workdir: str, *, title: str = "") -> Optional[str]:
-    """PNG of log-probs (train and, if present, probe) and reward margins over steps -> its path
-    (None when there is nothing to plot)."""
-    rows = read_metrics(workdir)
-    if not rows:
+    """PNG of log-probs (train and, if present, probe), reward margins and losses over steps ->
+    its path (None when there is nothing to plot). Panels without data are left out."""
+    panels = _panels(read_metrics(workdir))
+    if not panels:
         return None
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    for key, label in (("logps/chosen", "chosen"), ("logps/rejected", "rejected")):
-        axes[0].plot(*_series(rows, key), label=f"train {label}")
-        xs, ys = _series(rows, f"probe/{key}", "probe")
-        if xs:
-            axes[0].plot(xs, ys, "o--", label=f"probe {label}")
-    axes[0].set_title("summed log π(y) per response")
-    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
-        axes[1].plot(*_series(rows, key), label=key.split("/")[1])
-    axes[1].set_title("rewards")
-    axes[2].plot(*_series(rows, "loss"), label="loss")
-    axes[2].plot(*_series(rows, "loss/preference"), label="preference")
-    axes[2].set_title("loss")
-    for ax in axes:
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    for ax, (panel_title, curves) in zip(axes[0], panels):
+        for label, xs, ys, style in curves:
+            ax.plot(xs, ys, style, label=label)
+        ax.set_title(panel_title)
         ax.set_xlabel("step")
-        if ax.lines:
-            ax.legend(fontsize=8)
+        ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

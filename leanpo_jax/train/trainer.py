@@ -7,49 +7,43 @@
 Resume: a rerun on the same workdir restores the latest checkpoint (params, optimizer state,
 step, rng, data iterator) and continues exactly; only `num_steps`, `logging.*` and the
 launch details `distributed.coordinator_address` / `process_id` / `auto` may differ
-from the saved config. A run already at num_steps does nothing. Exit codes (via the CLI):
-0 done, 1 an error, 3 stopped after train.max_consecutive_skips non-finite updates,
-143 stopped by SIGTERM after saving, 130 stopped by SIGINT (Ctrl-C) after saving (a second
-Ctrl-C aborts at once, unsaved). With several processes a signal that reaches any of them
-stops all at the same step (train.stopping.AgreedStop), one collective checkpoint.
+from the saved config. A rerun of a run already at num_steps writes whichever final artifacts
+(PNG, hf/, train_summary.json: train.finalize) an interrupted finish left missing, else does
+nothing. Exit codes (via the CLI): 0 done, 1 an error, 3 stopped after
+train.max_consecutive_skips non-finite updates, 4 stopped for skipped records (all of a first
+batch, or more than data.max_skipped_fraction: data.skip_budget; a checkpoint is saved once
+a step was trained), 143 stopped by SIGTERM after saving, 130 stopped by SIGINT (Ctrl-C) after
+saving (a second Ctrl-C aborts at once, unsaved). With several processes a signal that reaches
+any of them stops all at the same step (train.stopping.AgreedStop), one collective checkpoint,
+and the skip budget is judged on the records of all processes.
+Console: skipped records are reported on log steps as their count grows, and in the last line.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import os
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
-from leanpo_jax import losses
-from leanpo_jax.data.pipeline import DataPipeline
-from leanpo_jax.data.tokenize import save_tokenizer_files
-from leanpo_jax.models import save_hf
+from leanpo_jax.data.pipeline import DataPipeline, make_tokenizer
+from leanpo_jax.data.skip_budget import SkipBudget, describe_skips
 from leanpo_jax.models.runtime import data_interface, model_source
-from leanpo_jax.models.scoring import score_pairs
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import config as config_lib
 from leanpo_jax.train import flops as flops_lib
-from leanpo_jax.train import batch_placement, inputs, metrics_log, partitioning, reference, sharded_step
+from leanpo_jax.train import batch_placement, finalize, inputs, log_window, metrics_log, partitioning
 from leanpo_jax.train import mesh as mesh_lib
-from leanpo_jax.train import process_states, stopping
+from leanpo_jax.train import process_states, reference, sharded_step, stopping
+from leanpo_jax.train.side_passes import SidePasses
 from leanpo_jax.train import state as state_lib
-from leanpo_jax.train import step as step_lib
 
-EXIT_SKIPS, EXIT_SIGTERM, EXIT_SIGINT = 3, 143, 130  # a signal's code is 128 + its number
-
-
-def _new_window() -> Dict:
-    """Accumulators of the steps since the last logged row: host counters, and the metrics'
-    running (sum, count) sums plus the last step's metrics, both still on the device."""
-    return {"tokens": 0, "pairs": 0, "flops": 0.0, "steps": 0, "time": 0.0, "metrics": None, "last": None}
+# A signal's code is 128 + its number.
+EXIT_SKIPS, EXIT_DATA, EXIT_SIGTERM, EXIT_SIGINT = 3, 4, 143, 130
 
 
 class TrainingStopped(RuntimeError):
@@ -79,10 +73,12 @@ def _step_cfg(config) -> Dict:
             "grad_accum_steps": int(config.train.grad_accum_steps), "loss": config.loss.to_dict()}
 
 
-class Trainer:
+class Trainer(SidePasses):
     """One training run on one workdir (see the module docstring); `run()` -> summary dict."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, changeable: Sequence[str] = ()):
+        """`changeable`: config keys (or blocks) allowed to differ from a checkpoint's, beyond
+        config.RESUMABLE_KEYS (the exporter's own mesh and process set)."""
         mesh_lib.maybe_initialize_distributed(config)
         self.config, self.workdir = config, os.path.abspath(workdir)
         self.platform = jax.devices()[0].platform
@@ -100,7 +96,7 @@ class Trainer:
         self.latest = self.ckpt.latest_step()
         if self.latest is not None:
             saved = self.ckpt.read_meta(self.latest)["config"]
-            ckpt_lib.check_resume_config(saved, self.flat_config, allowed=config_lib.RESUMABLE_KEYS,
+            ckpt_lib.check_resume_config(saved, self.flat_config, allowed=config_lib.RESUMABLE_KEYS + tuple(changeable),
                                          directory=self.ckpt_dir)
 
     @property
@@ -124,49 +120,12 @@ class Trainer:
         if num > total:
             raise ValueError(f"num_steps={num} exceeds total_steps={total}")
         self.total_steps, self.num_steps = int(total), int(num)
-
-    def _side_pipeline(self, which: str, tag: str):
-        data = inputs.side_data(self.config, self.workdir, which)
-        if data is None:
-            return None
-        path = os.path.join(self.workdir, f"skipped_records.{tag}.jsonl")
-        # The training pipeline's tokenizer: probe / eval / references tokenise as training does.
-        return lambda: DataPipeline(data, model=self.interface, train=False, tokenizer=self.pipeline.tokenizer,
-                                    skipped_path=path if self.is_main else None)
+        # Judged on the records of all processes, through num_steps.
+        self.budget = SkipBudget.from_config(
+            self.train_data, self.num_steps * int(self.train_data.batch_size) * jax.process_count())
 
     def _to_device(self, host: Dict[str, np.ndarray]) -> Dict[str, jax.Array]:
         return batch_placement.global_batch(inputs.adapt_batch(host), self.mesh)
-
-    def _score(self, pipe, model) -> Dict[str, np.ndarray]:
-        """Scores every record of an eval-mode pipeline (closed afterwards), on the mesh."""
-        with pipe, jax.set_mesh(self.mesh):
-            return score_pairs(model, pipe, num_records=len(pipe.source),
-                                       layout=self.config.train.layout,
-                                       chunk_size=int(self.config.train.chunk_size),
-                                       to_device=self._to_device)
-
-    def _references(self, model) -> Optional[Dict]:
-        """DPO: reference log-probs of the initial model for the training (and eval) records."""
-        if self.config.loss.name != "dpo":
-            return None
-        weights = reference.weights_identity(self.config.model.init_from, self.config.seed,
-                                             repr(model.config))
-        refs = {}
-        for tag, data in (("train", self.train_data),
-                          ("eval", inputs.side_data(self.config, self.workdir, "eval"))):
-            if data is None:
-                continue
-            keys = {k: data[k] for k in ("num_frames", "max_prompt_text_tokens", "max_response_tokens",
-                                         "video_root")}
-            keys.update(tokenizer=self.pipeline.tokenizer.where, template=repr(self.interface.template))
-            key = reference.cache_key(data.pairs, keys, weights)
-            path = os.path.join(self.workdir, f"skipped_records.reference_{tag}.jsonl")
-            refs[tag] = reference.reference_logps(
-                lambda pipe: self._score(pipe, model),
-                lambda d=data, p=path: DataPipeline(d, model=self.interface, train=False,
-                                                    tokenizer=self.pipeline.tokenizer, skipped_path=p),
-                key=key, cache_dir=os.path.join(self.workdir, "reference"), write=self.is_main)
-        return refs
 
     def _initial_state(self, trainable, frozen_params, opt_cfg):
         """TrainState at step 0 on the mesh: `state.initial_state`, the one builder (tests and
@@ -177,34 +136,6 @@ class Trainer:
                                        mesh=self.mesh)
 
     # ----------------------------------------------------------------------------- pieces
-    def _probe(self, state, step: int) -> Optional[Dict]:
-        if self.probe_pipeline is None:
-            return None
-        scores = self._score(self.probe_pipeline(), self._model(state))
-        beta = float(self.config.loss.beta)
-        keep = ~np.isnan(scores["chosen"])
-        row = {f"probe/logps/{k}": float(np.mean(scores[k][keep]))
-               for k in ("chosen", "rejected", "chosen_avg", "rejected_avg")}
-        row["probe/rewards/margins"] = beta * (row["probe/logps/chosen_avg"] - row["probe/logps/rejected_avg"])
-        row["probe/pairs"] = int(keep.sum())
-        return self.log.write(step, row, kind="probe")
-
-    def _eval(self, state, step: int) -> Optional[Dict]:
-        if self.eval_pipeline is None:
-            return None
-        total = None
-        refs = (self.refs or {}).get("eval")
-        with self.eval_pipeline() as pipe:
-            for host in pipe:
-                index = host.pop("record_index")
-                if refs is not None:
-                    host.update(reference.lookup(refs, index))
-                with jax.set_mesh(self.mesh):
-                    metrics = jax.device_get(self.eval_fn(state.params, self._to_device(host)))
-                total = metrics if total is None else losses.sum_metrics(total, metrics)
-        row = {f"eval/{k}": float(v) for k, v in losses.reduce_metrics(total).items()}
-        return self.log.write(step, row, kind="eval")
-
     def _model(self, state):
         return state_lib.merge_model(self.model_def, state.params["trainable"], state.params["frozen"])
 
@@ -216,71 +147,140 @@ class Trainer:
         data_state = process_states.gather(self.pipeline.get_state())
         self.ckpt.save(step, state, data_state=data_state, meta=meta, force=force)
 
-    def _export(self, state) -> str:
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        with jax.set_mesh(self.mesh):
-            params = jax.jit(lambda p: p, out_shardings=replicated)(state.params)
-        trainable = jax.tree.map(lambda x, d: x.astype(d), params["trainable"], self.param_dtypes)
-        model = state_lib.merge_model(self.model_def, trainable, params["frozen"])
-        out = os.path.join(self.workdir, "hf")
-        if self.is_main:
-            tokenizer = self.pipeline.tokenizer
-            index = self.interface.video_token_index
-            # The placeholder's text in the training tokenizer goes into config.json, so the
-            # exported folder's tokenizer and config agree when it is loaded again.
-            token = None if index is None else tokenizer.tokenizer.id_to_token(index)
-            save_hf(model, out, **({} if token is None else {"video_token": token}))
-            # The training tokenizer beside the weights: the folder is a complete model for
-            # transformers (AutoTokenizer) and as data.tokenizer for generation here.
-            save_tokenizer_files(tokenizer.where, out)
-        return out
-
-    # ----------------------------------------------------------------------------- the loop
+    # ----------------------------------------------------------------------------- the run
     def run(self) -> Dict:
         config = self.config
         self._pipelines()
         if self.latest is not None and self.latest >= self.num_steps:
-            message = f"workdir {self.workdir} is already at step {self.latest} >= num_steps={self.num_steps}; nothing to do"
-            if self.is_main:
-                print(message, flush=True)
-            return {"status": "done", "step": self.latest, "message": message}
-        model = build_model(self.source, int(config.seed), self.mesh)
-        self.model_flops_config = model.config
-        opt_cfg = _opt_cfg(config, self.total_steps)
-        opt_cfg["max_consecutive_skips"] = 2**30  # the loop stops first (train.max_consecutive_skips)
-        frozen = tuple(config.model.frozen_modules)
-        self.model_def, trainable, frozen_params = state_lib.split_model(model, frozen)
-        self.param_dtypes = jax.tree.map(lambda x: x.dtype, trainable)
-        state = self._initial_state(trainable, frozen_params, opt_cfg)
-        del model, trainable, frozen_params
-        self.refs = self._references(self._model(state))
-        if self.latest is not None:
-            # The fresh state's arrays already sit in their shardings: restore onto the same.
-            abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            state, data_state, _ = self.ckpt.restore(abstract, self.latest)
-            self.pipeline.set_state(process_states.select(data_state))
-        start = int(jax.device_get(state.step))
+            return self._finish_existing()
+        state, start = self._build_state(references=True)
         self.log = metrics_log.MetricsLog(self.workdir, resume_step=start,
                                           tensorboard=bool(config.logging.tensorboard), enabled=self.is_main)
         self.probe_pipeline = self._side_pipeline("probe", "probe")
         self.eval_pipeline = self._side_pipeline("eval", "eval")
         step_cfg = _step_cfg(config)
-        def evaluate(params, batch):
-            batch = step_lib.normalize_batch(batch, self.model_def.config)
-            loss, metrics = step_lib.loss_fn(params["trainable"], params["frozen"], batch,
-                                             model_def=self.model_def, cfg=step_cfg)
-            pairs = batch["pair_weight"].astype(jnp.float32).sum()
-            return {**metrics, "loss": (loss * pairs, pairs)}  # pair-weighted across batches
+        self.eval_fn = self._eval_fn(step_cfg)
+        return self._loop(state, start, step_cfg)
 
-        self.eval_fn = jax.jit(evaluate)
-        return self._loop(state, start, step_cfg, opt_cfg)
+    def _build_state(self, *, references: bool, step: Optional[int] = None, restore_data: bool = True):
+        """(TrainState on the mesh, its step): the initial state, restored from checkpoint `step`
+        (default: the latest) when there is one, with the data iterator's position when
+        `restore_data`."""
+        config = self.config
+        model = build_model(self.source, int(config.seed), self.mesh)
+        self.model_flops_config = model.config
+        self.opt_cfg = _opt_cfg(config, self.total_steps)
+        self.opt_cfg["max_consecutive_skips"] = 2**30  # the loop stops first (train.max_consecutive_skips)
+        self.model_def, trainable, frozen_params = state_lib.split_model(model, tuple(config.model.frozen_modules))
+        self.param_dtypes = jax.tree.map(lambda x: x.dtype, trainable)
+        state = self._initial_state(trainable, frozen_params, self.opt_cfg)
+        del model, trainable, frozen_params
+        self.refs = self._references(self._model(state)) if references else None
+        step = self.latest if step is None else step
+        if step is not None:
+            # The fresh state's arrays already sit in their shardings: restore onto the same.
+            abstract = jax.tree.map(
+                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+            state, data_state, _ = self.ckpt.restore(abstract, step)
+            if restore_data:
+                self.pipeline.set_state(process_states.select(data_state))
+        start = int(jax.device_get(state.step))
+        if start and self.is_main and restore_data:
+            print(f"[train] resumed from step {start} of {self.workdir}: data position step "
+                  f"{self.pipeline.next_step} of {self.pipeline.num_steps}, "
+                  f"{self._data_line(self.pipeline.stats())}", flush=True)
+        return state, start
 
-    def _loop(self, state, start: int, step_cfg, opt_cfg) -> Dict:
-        """Steps start+1 .. num_steps. Per step the host fetches one scalar of the PREVIOUS step
-        (the skip counter; with several processes also the agreed stop signal), so dispatch
-        stays one step ahead of the device; the metrics stay on the device as running (sum,
-        count) sums and are fetched on log steps only (train.stopping)."""
+    def _data_line(self, stats: Dict) -> str:
+        read = stats["ok"] + sum(stats["skipped"].values())
+        return describe_skips(read, sum(stats["skipped"].values()), stats["skipped"], self.pipeline.skipped_path)
+
+    def _finish_existing(self) -> Dict:
+        """A rerun at num_steps: writes whichever final artifacts are missing (an interrupted
+        finish), else says there is nothing to do."""
+        step = self.latest
+        missing = finalize.missing_artifacts(self.workdir, step, export=bool(self.config.checkpoint.export_hf))
+        if not missing:
+            message = (f"workdir {self.workdir} is already at step {step} >= num_steps={self.num_steps} "
+                       "with every final artifact; nothing to do")
+            if self.is_main:
+                print(message, flush=True)
+            return {"status": "done", "step": step, "message": message}
+        if self.is_main:
+            print(f"[train] step {step} is trained; finishing its missing artifacts: {', '.join(missing)}",
+                  flush=True)
+        if finalize.HF_DIRNAME in missing:
+            state, _ = self._build_state(references=False)
+        else:
+            state = None
+            self.pipeline.set_state(process_states.select(self.ckpt.restore_data_state(step)))
+        self._check_skip_budget(self._agreed_counts(), step)
+        rows = [r for r in metrics_log.read_metrics(self.workdir)
+                if r.get("kind", "train") == "train" and r["step"] <= step]
+        return self._finalize(state, step, rows[-1] if rows else None)
+
+    def _finalize(self, state, step: int, last_row: Optional[Dict]) -> Dict:
+        """PNG, HF export (when configured and `state` is given), then train_summary.json last."""
+        config = self.config
+        plot = metrics_log.plot_curves(self.workdir, title=f"{config.loss.name}, {self.source.where}") \
+            if self.is_main else None
+        hf_dir = os.path.join(self.workdir, finalize.HF_DIRNAME)
+        if config.checkpoint.export_hf and state is not None:
+            finalize.export_hf(state.params, self.model_def, self.param_dtypes, self.mesh, hf_dir, step=step,
+                               tokenizer=self.pipeline.tokenizer,
+                               video_token_index=self.interface.video_token_index,
+                               source=self.ckpt_dir)
+        stats = self.pipeline.stats()
+        summary = {"status": "done", "step": step, "last": last_row, "plot": plot,
+                   "hf": hf_dir if config.checkpoint.export_hf else None, "data": stats,
+                   "data_summary": self._data_line(stats)}
+        if self.is_main:
+            inputs.write_json(os.path.join(self.workdir, finalize.SUMMARY_FILENAME), summary)
+        self.pipeline.close()
+        return summary
+
+    def export(self, step: Optional[int], out: str) -> str:
+        """Exports checkpoint `step` (default: the latest) as an HF folder at `out`."""
+        self.total_steps = int(self.ckpt.read_meta(step)["total_steps"])
+        state, start = self._build_state(references=False, step=self.ckpt.resolve_step(step),
+                                         restore_data=False)
+        return finalize.export_hf(state.params, self.model_def, self.param_dtypes, self.mesh, out, step=start,
+                                  tokenizer=make_tokenizer(self.config.data, self.interface),
+                                  video_token_index=self.interface.video_token_index, source=self.ckpt_dir)
+
+    # ----------------------------------------------------------------------------- stopping
+    def _agreed_counts(self) -> stopping.Agreement:
+        """Records read / skipped by all processes (a blocking collective on several)."""
+        stats = self.pipeline.stats()
+        skipped = sum(stats["skipped"].values())
+        with stopping.AgreedStop(self.mesh, sigint=False) as agree:
+            return agree.poll(read=stats["ok"] + skipped, skipped=skipped, wait=True)
+
+    def _stop_if_nothing_usable(self, stop: stopping.AgreedStop, bar) -> None:
+        """Before the first step: a first batch without one usable record (on every process)
+        stops the run at once, nothing trained or saved."""
+        stats = self.pipeline.stats()
+        skipped = sum(stats["skipped"].values())
+        agreed = stop.poll(read=stats["ok"] + skipped, skipped=skipped, wait=True)
+        if agreed.read and agreed.skipped >= agreed.read:
+            self._finish_logging(bar)
+            self._check_skip_budget(agreed, 0)
+
+    def _check_skip_budget(self, agreed: stopping.Agreement, step: int, *, saved: bool = False) -> None:
+        verdict = self.budget.verdict(agreed.read, agreed.skipped, self.pipeline.stats()["skipped"],
+                                      self.pipeline.skipped_path)
+        if verdict is None:
+            return
+        where = (f" Checkpoint {step} is saved: after fixing the data, or with a raised "
+                 "data.max_skipped_fraction, rerun the same command to continue from it.") if saved else ""
+        when = f"stopped at step {step}" if step else "stopped before the first step"
+        raise TrainingStopped(f"{when}: {verdict}.{where}", EXIT_DATA)
+
+    def _loop(self, state, start: int, step_cfg) -> Dict:
+        """Steps start+1 .. num_steps. Per step the host fetches one small value of the PREVIOUS
+        step (the skip counter; with several processes also the agreed stop request and data
+        counts), so dispatch stays one step ahead of the device; the metrics stay on the device
+        as running (sum, count) sums, fetched on log steps only (train.log_window)."""
         config = self.config
         step_fn = None
         bar = None
@@ -288,59 +288,69 @@ class Trainer:
             from tqdm import tqdm
 
             bar = tqdm(total=self.num_steps, initial=start, desc="train", dynamic_ncols=True)
+        say = bar.write if bar is not None else functools.partial(print, flush=True)
         peak = float(config.train.peak_tflops) or flops_lib.device_peak_tflops(jax.devices()[0].device_kind)
         if start == 0:
             self._probe(state, 0)
         procs = jax.process_count()  # throughput: this host's rows stand for every host's
-        add_metrics = jax.jit(losses.sum_metrics)  # one dispatch per step, not one per metric
         consecutive = int(jax.device_get(state_lib.skip_counts(state.opt_state)[0]))  # resumed runs
         skips = stopping.SkipLimit(int(config.train.max_consecutive_skips), consecutive)
-        window = _new_window()
-        last_row, step = None, start
+        window = log_window.LogWindow()
+        last_row, step, reported_skips, compiled = None, start, 0, set()
         tick = time.perf_counter()
         with stopping.AgreedStop(self.mesh, sigint=True) as stop:
             while step < self.num_steps:
                 host = next(self.pipeline)
+                if step == 0:
+                    self._stop_if_nothing_usable(stop, bar)
                 index = host.pop("record_index")
                 if self.refs is not None:
                     host.update(reference.lookup(self.refs["train"], index))
                 batch = self._to_device(host)
                 if step_fn is None:
-                    step_fn = sharded_step.sharded_train_step(self.model_def, step_cfg, opt_cfg, state,
+                    step_fn = sharded_step.sharded_train_step(self.model_def, step_cfg, self.opt_cfg, state,
                                                               batch, self.mesh)
+                shapes = tuple(sorted((k, v.shape) for k, v in batch.items()))
+                called = time.perf_counter()
                 state, metrics = step_fn(state, batch)
+                # A new batch shape compiles inside the call (execution itself is asynchronous).
+                compile_s = 0.0 if shapes in compiled else time.perf_counter() - called
+                compiled.add(shapes)
                 step += 1
                 adapted = inputs.adapt_batch(host)
-                window["flops"] += flops_lib.batch_step_flops(
-                    self.model_flops_config, {k: v.shape for k, v in adapted.items()},
-                    layout=config.train.layout, train_vision=self.model_def.trains_vision,
-                    responses_per_pair=1 if config.loss.name == "sft" else 2) * procs
-                window["tokens"] += inputs.batch_tokens(adapted) * procs
-                window["pairs"] += int((host["pair_weight"] > 0).sum()) * procs
-                window["steps"] += 1
-                window["last"] = metrics
-                window["metrics"] = metrics if window["metrics"] is None else add_metrics(window["metrics"], metrics)
+                window.add(metrics, tokens=inputs.batch_tokens(adapted) * procs,
+                           pairs=int((host["pair_weight"] > 0).sum()) * procs,
+                           flops=flops_lib.batch_step_flops(
+                               self.model_flops_config, {k: v.shape for k, v in adapted.items()},
+                               layout=config.train.layout, train_vision=self.model_def.trains_vision,
+                               responses_per_pair=1 if config.loss.name == "sft" else 2) * procs)
                 skipped_in_row = skips.check(metrics["optim/skipped"][0])  # None below the limit
-                stop_skips = skipped_in_row is not None
-                log_now = step % int(config.logging.log_every) == 0 or step == self.num_steps or stop_skips
-                probe_now = step % int(config.probe.every) == 0 or step == self.num_steps
-                eval_now = step % int(config.eval.every) == 0 or step == self.num_steps
-                save_now = step % int(config.checkpoint.every) == 0 or step == self.num_steps
+                stats = self.pipeline.stats()
+                skipped = sum(stats["skipped"].values())
+                last = step == self.num_steps
+                agreed = stop.poll(read=stats["ok"] + skipped, skipped=skipped, wait=last)
+                log_now = step % int(config.logging.log_every) == 0 or last or skipped_in_row is not None
+                probe_now = step % int(config.probe.every) == 0 or last
+                eval_now = step % int(config.eval.every) == 0 or last
+                save_now = step % int(config.checkpoint.every) == 0 or last
                 if log_now or probe_now or eval_now or save_now:
                     # Host work follows: this step's compute belongs to the window's time.
                     jax.block_until_ready(metrics)
                 now = time.perf_counter()
-                window["time"] += now - tick
+                window.add_time(now - tick, compile_s=compile_s)
                 tick = now
                 if log_now:
-                    last_row = self._log_window(step, window, peak)
-                    window = _new_window()
+                    last_row = self.log.write(step, window.row(peak, jax.device_count()))
+                    window = log_window.LogWindow()
+                    if agreed.skipped > reported_skips and self.is_main:
+                        say(f"[data] {self._data_line(stats)}")
+                        reported_skips = agreed.skipped
                 if bar is not None:
                     shown = last_row or {}
-                    bar.update(1)
                     bar.set_postfix(loss=shown.get("loss"), margin=shown.get("rewards/margins"),
                                     tok_s=shown.get("tokens_per_s"), refresh=False)
-                if stop_skips:
+                    bar.update(1)  # redraws with this step's postfix
+                if skipped_in_row is not None:
                     self._finish_logging(bar)
                     self.ckpt.wait()
                     raise TrainingStopped(
@@ -353,43 +363,26 @@ class Trainer:
                     self._probe(state, step)
                 if eval_now:
                     self._eval(state, step)
-                if save_now:
-                    self._save(state, step)
+                over_budget = self.budget.verdict(agreed.read, agreed.skipped) is not None
+                if save_now or over_budget:
+                    self._save(state, step, force=over_budget)
                 tick = time.perf_counter()  # probe / eval / checkpoint time is not step time
-                signum = stop.poll()  # the same on every process at this step
-                if signum and step < self.num_steps:
+                if over_budget:
+                    self._finish_logging(bar)
+                    self.ckpt.wait()
+                    self._check_skip_budget(agreed, step, saved=True)
+                if agreed.signum and not last:
                     self._save(state, step, force=True)
                     self._finish_logging(bar)
                     self.ckpt.wait()
-                    name = stopping.signal_name(signum)
-                    where = "" if stop.flag.signum == signum else " (it reached another process of this run)"
+                    name = stopping.signal_name(agreed.signum)
+                    where = "" if stop.flag.signum == agreed.signum else " (it reached another process of this run)"
                     raise TrainingStopped(f"{name}{where}: saved a checkpoint at step {step} in "
-                                          f"{self.ckpt_dir}; rerun the same command to continue", 128 + signum)
+                                          f"{self.ckpt_dir}; rerun the same command to continue",
+                                          128 + agreed.signum)
         self.ckpt.wait()
         self._finish_logging(bar)
-        plot = metrics_log.plot_curves(self.workdir, title=f"{config.loss.name}, {self.source.where}") \
-            if self.is_main else None
-        hf_dir = self._export(state) if config.checkpoint.export_hf else None
-        summary = {"status": "done", "step": step, "last": last_row, "plot": plot, "hf": hf_dir,
-                   "data": self.pipeline.stats()}
-        if self.is_main:
-            inputs.write_json(os.path.join(self.workdir, "train_summary.json"), summary)
-        self.pipeline.close()
-        return summary
-
-    def _log_window(self, step: int, window: Dict, peak: Optional[float]) -> Dict:
-        """The window's row: its metric sums and last-step counters fetched in one device_get."""
-        sums, last = jax.device_get((window["metrics"], window["last"]))
-        row = {k: float(v) for k, v in losses.reduce_metrics(sums).items()}
-        # Counters and the learning rate are "as of this step", not window averages.
-        for k in ("optim/skipped", "optim/skipped_total", "optim/lr"):
-            row[k] = float(last[k][0])
-        seconds = max(window["time"], 1e-9)
-        row["tokens_per_s"] = window["tokens"] / seconds
-        row["pairs_per_s"] = window["pairs"] / seconds
-        row["step_time_s"] = seconds / max(window["steps"], 1)
-        row["mfu"] = window["flops"] / seconds / (peak * 1e12 * jax.device_count()) if peak else None
-        return self.log.write(step, row)
+        return self._finalize(state, step, last_row)
 
     def _finish_logging(self, bar) -> None:
         if bar is not None:

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from leanpo_jax.models import VideoLLM, get_preset
 from leanpo_jax.train import checkpoint as ckpt_lib
-from leanpo_jax.train import mesh as mesh_lib, partitioning
+from leanpo_jax.train import mesh as mesh_lib, partitioning, stopping
 from leanpo_jax.train import state as state_lib
 
 VOCAB = 512
@@ -198,7 +198,7 @@ def test_config_differences_and_resume_check():
 
 def test_sigterm_flag_sets_requested_and_restores_handlers():
     before_term, before_int = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
-    with ckpt_lib.SigtermFlag(sigint=True) as flag:
+    with stopping.SigtermFlag(sigint=True) as flag:
         assert not flag.requested
         os.kill(os.getpid(), signal.SIGTERM)
         for _ in range(100):  # Python runs the handler between bytecodes of the main thread
@@ -212,7 +212,7 @@ def test_sigterm_flag_sets_requested_and_restores_handlers():
     result = {}
 
     def in_thread():  # not the main thread: a no-op, no exception
-        with ckpt_lib.SigtermFlag() as f:
+        with stopping.SigtermFlag() as f:
             result["requested"] = f.requested
     t = threading.Thread(target=in_thread)
     t.start()

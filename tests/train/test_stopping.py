@@ -60,12 +60,13 @@ def test_one_process_stops_for_the_first_signal_and_a_second_ctrl_c_aborts(sig):
     mesh = mesh_lib.mesh_from_config({"mesh": mesh_lib.mesh_config()})
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with stopping.AgreedStop(mesh) as stop:
-        assert stop.poll() == 0
+        assert stop.poll() == stopping.Agreement(0, 0, 0)
         os.kill(os.getpid(), sig)
         assert _wait(lambda: stop.flag.requested)
-        assert stop.poll() == int(sig) and stopping.signal_name(stop.poll()) == sig.name
+        assert stop.poll(read=4, skipped=1) == stopping.Agreement(int(sig), 4, 1)
+        assert stopping.signal_name(stop.poll().signum) == sig.name
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
             _wait(lambda: False)
-        assert stop.poll() == int(sig)  # the first signal decides the exit code
+        assert stop.poll().signum == int(sig)  # the first signal decides the exit code
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
