@@ -3,7 +3,8 @@
 Console script `leanpo-generate`. Uses the config's `model` (init_from: the SFT model's HF
 folder; unset: seeded random init of the preset), `data` (frames, tokenizer, lengths used to
 score the pairs as training sees them) and `generate` blocks. Resumable: rerun the same command
-after a crash; rows already in PAIRS.jsonl are kept and their ids skipped.
+after a crash; rows already in PAIRS.jsonl are kept and their ids skipped (with every id there,
+the model is not even built), and the rerun writes the rows an uninterrupted run would have.
 Exit codes: 0 done (also when nothing was left to do), 1 an error.
 """
 
@@ -50,6 +51,9 @@ def _main(argv) -> None:
         print(f"leanpo-generate: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(report_lib.format_report(report), flush=True)
+    if not report["attempted_this_run"]:
+        print(f"leanpo-generate: nothing left to do: every readable record of {flags.FLAGS.input} is already in "
+              f"{flags.FLAGS.output} (the model was not built)", flush=True)
     print(f"leanpo-generate: {report['written_this_run']} new rows ({report['pairs']} in {flags.FLAGS.output}), "
           f"{report['failed']} failed, {report['seconds']} s", flush=True)
 

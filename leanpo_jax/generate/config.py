@@ -69,7 +69,7 @@ GENERATE = Block(
     filter_winner_gt_loser=Field(False, "Also write PAIRS.filtered.jsonl keeping pairs with "
                                  "avg_logp(chosen) > avg_logp(rejected) (off: dynamic smoothing "
                                  "handles the rest)"),
-    seed=Field(0, "Seed of sampling (per record: derived from this and the record id)"),
+    seed=Field(0, "Seed of sampling (per record and turn: derived from this, the record id and the turn)"),
 )
 
 

@@ -16,9 +16,13 @@ Contract per call:
   done and t < max_new_tokens, so max_new_tokens - 1 decode steps at most: the step after the
   last token is never run.
 - Ids >= vocab_limit (embedding rows beyond the tokenizer) and banned_ids are never sampled.
-- Randomness: row r at step t uses fold_in(fold_in(key(seed), t), r). Results are
-  deterministic per seed and per row position. A prompt moved to another row draws other
-  samples, because the prompt's identity is not known here.
+- Randomness: a seed s (any int, taken mod 2**64) names the key K(s) = fold_in(key(s mod 2**32),
+  s >> 32), and an output row with key R uses fold_in(R, t) at step t.
+  * `seed=[s_0, ..., s_{B-1}]` (one per prompt): sample i of prompt b has R = fold_in(K(s_b), i).
+    A row's tokens then depend only on its seed and its own inputs, not on its position, the
+    other rows of the batch or the batch size (how self-generation stays reproducible).
+  * `seed=s` (a scalar): output row j = b*k + i has R = fold_in(K(s), j): deterministic per seed
+    and per row position; a prompt moved to another row draws other samples.
 - The model is split once (nnx.split). The phases are jitted pure functions of its state:
   one compile per (B, P, F) shape and config, reused across calls.
 """
@@ -26,7 +30,7 @@ Contract per call:
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -74,7 +78,7 @@ class DecodeState(NamedTuple):
     tokens: jax.Array  # int32 [B*k, T]: token 0 filled, pad_id elsewhere
     logps: jax.Array  # float32 [B*k, T]
     done: jax.Array  # bool [B*k]
-    seed: jax.Array  # uint32 []
+    keys: jax.Array  # PRNG keys [B*k]: each output row's own stream (the module docstring)
 
 
 def sample_logits(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
@@ -113,11 +117,25 @@ def _head(hidden: jax.Array, kernel: jax.Array) -> jax.Array:
     return jnp.dot(hidden, kernel, preferred_element_type=jnp.float32)
 
 
-def _pick(logits, t, done, tokens, logps, seed, cfg: SamplingConfig):
+def _seed_key(words: jax.Array) -> jax.Array:
+    """uint32 [2] (low, high word of a 64-bit seed) -> its key K(seed)."""
+    return jax.random.fold_in(jax.random.key(words[0]), words[1])
+
+
+def _row_keys(words: jax.Array, prompts: int, k: int) -> jax.Array:
+    """The B*k output rows' keys (the module docstring) from `seed_words`: uint32 [2] (one seed
+    for the batch: row j gets fold_in(K, j)) or [B, 2] (a seed per prompt: row b*k + i gets
+    fold_in(K_b, i))."""
+    if words.ndim == 1:
+        return jax.vmap(lambda j: jax.random.fold_in(_seed_key(words), j))(jnp.arange(prompts * k))
+    per_prompt = jax.vmap(_seed_key)(words)
+    keys = jax.vmap(lambda key: jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(k)))(per_prompt)
+    return keys.reshape(prompts * k)
+
+
+def _pick(logits, t, done, tokens, logps, row_keys, cfg: SamplingConfig):
     """Step t for every row: sample, record the token and its raw logp, update `done`."""
-    rows = logits.shape[0]
-    base = jax.random.key(seed)
-    keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, t), r))(jnp.arange(rows))
+    keys = jax.vmap(lambda key: jax.random.fold_in(key, t))(row_keys)
     allowed = logits
     if cfg.min_new_tokens and cfg.stop_ids:
         stops = jnp.asarray(cfg.stop_ids, jnp.int32)
@@ -135,7 +153,7 @@ def _pick(logits, t, done, tokens, logps, seed, cfg: SamplingConfig):
     return ids, done, tokens, logps
 
 
-def _prefill(graphdef, state, prompt_ids, prompt_mask, video_embeds, seed, positions, *,
+def _prefill(graphdef, state, prompt_ids, prompt_mask, video_embeds, seeds, positions, *,
              cfg: SamplingConfig) -> DecodeState:
     model = nnx.merge(graphdef, state)
     b, p = prompt_ids.shape
@@ -144,10 +162,11 @@ def _prefill(graphdef, state, prompt_ids, prompt_mask, video_embeds, seed, posit
     last = jnp.take_along_axis(hidden, (prompt_mask.astype(jnp.int32).sum(axis=1) - 1)[:, None, None], axis=1)
     logits = jnp.repeat(_head(last[:, 0], model.lm_head_kernel()), k, axis=0)  # [B*k, V], grouped b*k + i
     rows = b * k
+    keys = _row_keys(seeds, b, k)
     tokens = jnp.full((rows, steps), cfg.pad_id, jnp.int32)
     _, done, tokens, logps = _pick(logits, 0, jnp.zeros((rows,), bool), tokens,
-                                   jnp.zeros((rows, steps), jnp.float32), seed, cfg)
-    return DecodeState(cache, tokens, logps, done, seed)
+                                   jnp.zeros((rows, steps), jnp.float32), keys, cfg)
+    return DecodeState(cache, tokens, logps, done, keys)
 
 
 def _decode(graphdef, state, ds: DecodeState, *, cfg: SamplingConfig):
@@ -167,7 +186,7 @@ def _decode(graphdef, state, ds: DecodeState, *, cfg: SamplingConfig):
         # Rows already done still run (fixed shapes). They feed pad_id, and what they write
         # into their own cache rows is never read.
         hidden, cache = model.decode_step(prev, cache)
-        _, done, tokens, logps = _pick(_head(hidden[:, 0], kernel), t, done, tokens, logps, ds.seed, cfg)
+        _, done, tokens, logps = _pick(_head(hidden[:, 0], kernel), t, done, tokens, logps, ds.keys, cfg)
         return t + 1, cache, done, tokens, logps
 
     init = (jnp.ones((), jnp.int32), cache, ds.done, ds.tokens, ds.logps)
@@ -182,6 +201,18 @@ def _decode(graphdef, state, ds: DecodeState, *, cfg: SamplingConfig):
     b = tokens.shape[0] // k
     return (tokens.reshape(b, k, steps), logps.reshape(b, k, steps), lengths.reshape(b, k),
             stopped.reshape(b, k))
+
+
+def seed_words(seed: Union[int, Sequence[int], np.ndarray], prompts: int) -> np.ndarray:
+    """A seed (an int) or one seed per prompt ([prompts] ints), each taken mod 2**64 -> uint32
+    words: [2] or [prompts, 2], the low word first."""
+    values = np.asarray(seed, dtype=object)
+    if values.ndim > 1 or (values.ndim == 1 and values.shape[0] != prompts):
+        raise ValueError(f"seed of shape {values.shape}: expected an int or one seed per prompt ({prompts})")
+    # Python ints: arbitrary size and sign, no numpy overflow or wrap-around rules to reason about.
+    wrapped = [int(v) % 2**64 for v in values.reshape(-1)]
+    words = np.asarray([[v & 0xFFFFFFFF, v >> 32] for v in wrapped], np.uint32)
+    return words[0] if values.ndim == 0 else words
 
 
 class Sampler:
@@ -207,11 +238,12 @@ class Sampler:
         return self._encode(self.state, jnp.asarray(frames))
 
     def prefill(self, prompt_ids, prompt_mask, *, frames=None, video_embeds: Optional[jax.Array] = None,
-                seed: int = 0, positions=None) -> DecodeState:
+                seed: Union[int, Sequence[int], np.ndarray] = 0, positions=None) -> DecodeState:
         """Right-padded prompts [B, P] (+ frames or their embeddings) -> DecodeState with token 0
         drawn. Each prompt row must hold exactly num_video_tokens(F) placeholder ids when a
-        video is given. `positions`: the family's prompt position table (None: 0..P-1);
-        decoding continues one past each row's last valid position."""
+        video is given. `seed`: one int for the batch or one per prompt (the module docstring).
+        `positions`: the family's prompt position table (None: 0..P-1); decoding continues one
+        past each row's last valid position."""
         if frames is not None and video_embeds is not None:
             raise ValueError("pass frames or video_embeds, not both")
         prompt_mask = np.asarray(prompt_mask, np.int32)
@@ -224,7 +256,7 @@ class Sampler:
         if video_embeds is not None:  # the host-side placeholder check that a traced embed skips
             check_video_placeholders(np.asarray(prompt_ids), self.config.video_token_index, video_embeds.shape[1])
         return self._prefill(self.state, ids, jnp.asarray(prompt_mask), video_embeds,
-                             jnp.asarray(int(seed) & 0xFFFFFFFF, jnp.uint32),
+                             jnp.asarray(seed_words(seed, prompt_mask.shape[0])),
                              None if positions is None else jnp.asarray(positions, jnp.int32))
 
     def decode(self, ds: DecodeState):
@@ -233,7 +265,7 @@ class Sampler:
         return self._decode(self.state, ds)
 
     def generate(self, prompt_ids, prompt_mask, *, frames=None, video_embeds: Optional[jax.Array] = None,
-                 seed: int = 0, positions=None) -> SampleOutput:
+                 seed: Union[int, Sequence[int], np.ndarray] = 0, positions=None) -> SampleOutput:
         """Right-padded prompts [B, P] (+ normalised frames [B, F, H, W, 3] or their embeddings
         [B, N, D]) -> SampleOutput as numpy arrays (shapes in SampleOutput)."""
         out = self.decode(self.prefill(prompt_ids, prompt_mask, frames=frames, video_embeds=video_embeds,

@@ -15,6 +15,12 @@ fail (bad JSON, unreadable video, prompt too long, generation error) are reporte
 reason in PAIRS.failed.jsonl and on stderr (an empty / whitespace-only winner or loser too:
 the training reader would skip it); the run continues. PAIRS.report.json + a printed
 table summarise the reward check (generate/report.py).
+
+Reproducible: every draw of a record comes from the record itself: its sampling seed is
+(generate.seed, id), one stream per turn, and A(V)'s is (generate.augment.seed, id). A rerun
+after a kill, or the record at another place in its batch, writes the same rows; another
+batch size writes the same texts, with scores equal up to float32 rounding of the other batch
+shape. The model is only built once a record is left to generate: a no-op rerun skips it.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from leanpo_jax.generate import config as gen_config
 from leanpo_jax.generate import report as report_lib
 from leanpo_jax.generate.output import AppendOnlyJsonl
 from leanpo_jax.generate.sampler import Sampler, SamplingConfig
-from leanpo_jax.models.registry import family_of
+from leanpo_jax.models.registry import ModelSource, family_of
 from leanpo_jax.models.runtime import data_interface, model_source
 from leanpo_jax.models.scoring import jitted_avg_logps
 
@@ -54,13 +60,28 @@ class RecordFailed(Exception):
         self.reason, self.detail = reason, detail
 
 
+def turn_seed(run_seed: int, record_id: str, turn: str) -> int:
+    """The sampler seed of one record's turn ("first_turn", "reflection" or "loser"): a function
+    of (run seed, id, turn) alone, so the record draws the same tokens in any batch, at any row,
+    before or after a restart, and its turns draw independent streams."""
+    return augment_lib.record_seed(augment_lib.record_seed(run_seed, record_id), turn)
+
+
+def generation_source(config: ml_collections.ConfigDict) -> ModelSource:
+    """config.model on the default device: init_from (an HF folder, e.g. the SFT export; it
+    decides the family, frames, template and tokenizer) or the preset."""
+    return model_source(config.model, jax.devices()[0].platform)
+
+
+def build_or_load(source: ModelSource, seed: int):
+    """The source's checkpoint weights, or the seeded random init of a preset."""
+    return source.load() if source.folder is not None else source.build(int(seed))
+
+
 def load_generation_model(config: ml_collections.ConfigDict):
-    """-> (the frozen model, its data interface): config.model.init_from (an HF folder, e.g.
-    the SFT export; it decides the family, frames, template and tokenizer) or the seeded
-    random init of config.model.preset, on the default device."""
-    source = model_source(config.model, jax.devices()[0].platform)
-    model = source.load() if source.folder is not None else source.build(int(config.seed))
-    return model, data_interface(source, config.data)
+    """-> (the frozen model, its data interface) that config.model names."""
+    source = generation_source(config)
+    return build_or_load(source, int(config.seed)), data_interface(source, config.data)
 
 
 def chat_sampling_config(tok: ChatTokenizer, vocab_rows: int, *, max_new_tokens: int,
@@ -81,14 +102,20 @@ class SelfGenerator:
     def __init__(self, config: ml_collections.ConfigDict, model=None, tokenizer: Optional[ChatTokenizer] = None,
                  interface: Optional[ModelInterface] = None):
         """`model` (with `interface`, default: its family's for its config) replaces the one
-        config.model names; `tokenizer` replaces the interface's (or data.tokenizer)."""
+        config.model names. That one is built (or loaded) by `run` when the first record needs
+        generating, so `self.model` stays None on a run with nothing to generate. `tokenizer`
+        replaces the interface's (or data.tokenizer)."""
         self.config, self.g = config, config.generate
         gen_config.check_generate_config(self.g)
+        self._source = None
         if model is None:
-            model, interface = load_generation_model(config)
-        elif interface is None:
-            interface = family_of(model.config).interface(model.config)
-        self.model, self.interface = model, interface
+            self._source = generation_source(config)
+            model_config, interface = self._source.config, data_interface(self._source, config.data)
+        else:
+            model_config = model.config
+            if interface is None:
+                interface = family_of(model.config).interface(model.config)
+        self.interface = interface
         if not interface.has_video:
             raise ValueError(f"self-generation needs a video model; {interface.source or 'the model'} has no "
                              "vision tower")
@@ -99,17 +126,28 @@ class SelfGenerator:
         self.keep = int(self.g.augment.keep_frames)
         self.n_video, self.n_loser = interface.video_tokens(self.frames), interface.video_tokens(self.keep)
         self.frame_policy = interface.frames
-        family_defaults = family_of(model.config).decoding_defaults(model.config)
+        family_defaults = family_of(model_config).decoding_defaults(model_config)
         self.decoding = {s: gen_config.resolved_decoding(self.g, s, family_defaults) for s in ("winner", "loser")}
+        self.tokens_generated = 0
+        self.model = self.winner_sampler = self.loser_sampler = None
+        if model is not None:
+            self._use_model(model)
 
+    def _use_model(self, model) -> None:
         def sampler(side):
             # min_new_tokens 1: an empty response is not a usable pair side.
-            return Sampler(self.model, chat_sampling_config(
-                self.tok, interface.vocab_size, max_new_tokens=int(self.g.max_new_tokens), **self.decoding[side]))
+            return Sampler(model, chat_sampling_config(
+                self.tok, self.interface.vocab_size, max_new_tokens=int(self.g.max_new_tokens),
+                **self.decoding[side]))
 
+        self.model = model
         self.winner_sampler, self.loser_sampler = sampler("winner"), sampler("loser")
         self._encode = nnx.jit(lambda m, f: m.encode_video(f))
-        self.tokens_generated = 0
+
+    def _ensure_model(self) -> None:
+        """Builds config.model's model on first use (a no-op rerun never pays for it)."""
+        if self.model is None:
+            self._use_model(build_or_load(self._source, int(self.config.seed)))
 
     # ------------------------------------------------------------------------ pieces
     def _normalise(self, frames: np.ndarray) -> jax.Array:
@@ -126,15 +164,18 @@ class SelfGenerator:
                                f"generate.max_prompt_text_tokens={self.g.max_prompt_text_tokens}")
         return ids
 
-    def _generate(self, sampler: Sampler, prompts: List[np.ndarray], video_embeds, n_video: int, seed: int):
-        """Right-padded prompts (the batch padded to batch_size rows) -> decoded texts per prompt."""
+    def _generate(self, sampler: Sampler, prompts: List[np.ndarray], video_embeds, n_video: int,
+                  seeds: List[int]):
+        """Right-padded prompts (the batch padded to batch_size rows), a sampler seed each ->
+        decoded texts per prompt."""
         b = int(self.g.batch_size)
         rows = prompts + [prompts[0]] * (b - len(prompts))
+        seeds = seeds + [seeds[0]] * (b - len(seeds))  # padding rows are discarded
         width = n_video + int(self.g.max_prompt_text_tokens)
         ids, mask = pad_rows(rows, width)
         fn = self.interface.positions_fn  # the family's position table, if it has one
         positions = None if fn is None else position_table([fn(r) for r in rows], width)
-        out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seed, positions=positions)
+        out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seeds, positions=positions)
         texts = []
         for i in range(len(prompts)):
             n = int(out.lengths[i, 0])
@@ -180,10 +221,10 @@ class SelfGenerator:
                 scores[i] = {f"{name}_avg_logp": float(out[f"{name}_avg"][j]) for name in names}
         return [scores.get(i, encoded[i]) for i in range(len(items))]
 
-    def _turn(self, live, text, frames, sampler, n_video: int, seed: int, results: List[object]) -> Dict[int, str]:
-        """One generation turn for records `live`: prompt `text(i)` over video `frames(i)`. A
-        prompt that cannot be encoded becomes results[i] (RecordFailed) and drops out.
-        -> {i: generated text}."""
+    def _turn(self, live, text, frames, sampler, n_video: int, seed, results: List[object]) -> Dict[int, str]:
+        """One generation turn for records `live`: prompt `text(i)` over video `frames(i)`,
+        sampled with seed `seed(i)`. A prompt that cannot be encoded becomes results[i]
+        (RecordFailed) and drops out. -> {i: generated text}."""
         prompts = {}
         for i in live:
             try:
@@ -194,26 +235,30 @@ class SelfGenerator:
         if not live:
             return {}
         videos = self._video_batch([frames(i) for i in live])
-        return dict(zip(live, self._generate(sampler, [prompts[i] for i in live], videos, n_video, seed)))
+        texts = self._generate(sampler, [prompts[i] for i in live], videos, n_video, [seed(i) for i in live])
+        return dict(zip(live, texts))
 
     def _process(self, batch: List[Dict]) -> List[object]:
         """Generation for up to batch_size readable records -> a row dict or RecordFailed each."""
-        seed = augment_lib.record_seed(int(self.g.seed), batch[0]["id"])
         results: List[object] = [None] * len(batch)
         frames = lambda i: batch[i]["frames"]  # noqa: E731
+
+        def seed(turn):
+            return lambda i: turn_seed(int(self.g.seed), batch[i]["id"], turn)
+
         r1 = self._turn(range(len(batch)), lambda i: self.g.prior_template.format(
             answer=batch[i]["answer"], question=batch[i]["prompt"]), frames, self.winner_sampler, self.n_video,
-            seed, results)
+            seed("first_turn"), results)
         winners = self._turn(sorted(r1), lambda i: self.g.reflection_template.format(
             first_turn=r1[i], answer=batch[i]["answer"], question=batch[i]["prompt"]), frames,
-            self.winner_sampler, self.n_video, seed + 1, results)
+            self.winner_sampler, self.n_video, seed("reflection"), results)
         augmented, params = {}, {}
         for i in sorted(winners):
             it = batch[i]
             augmented[i], params[i] = augment_lib.augment_video(
                 it["frames"], self.g.augment, seed=augment_lib.record_seed(int(self.g.augment.seed), it["id"]))
         losers = self._turn(sorted(winners), lambda i: batch[i]["prompt"], lambda i: augmented[i],
-                            self.loser_sampler, self.n_loser, seed + 2, results)
+                            self.loser_sampler, self.n_loser, seed("loser"), results)
         live = sorted(losers)
         for i in list(live):
             empty = [side for side, text in (("chosen", winners[i]), ("rejected", losers[i])) if not text]
@@ -238,14 +283,16 @@ class SelfGenerator:
     # ------------------------------------------------------------------------ the run
     def run(self, input_path: str, output_path: str, *, video_root: str = "", progress: bool = True) -> Dict:
         """Generates a row for every triplet of `input_path` not yet in `output_path`; returns
-        the report (also written to OUTPUT.report.json unless nothing new was written)."""
+        the report (also written to OUTPUT.report.json unless nothing new was written). Its
+        `attempted_this_run` counts the records sent to the model (0: nothing was left to do,
+        and the model was not built)."""
         video_root = video_root or os.path.dirname(os.path.abspath(input_path))
         source = records_lib.RecordSource(os.path.abspath(input_path), "triplets")
         out = AppendOnlyJsonl(output_path)
         stem = output_path[:-6] if output_path.endswith(".jsonl") else output_path
         failed_path = stem + ".failed.jsonl"
         failures: Counter = Counter()
-        written, started = 0, time.perf_counter()
+        written, attempted, started = 0, 0, time.perf_counter()
         bar = None
         if progress:
             from tqdm import tqdm
@@ -302,6 +349,10 @@ class SelfGenerator:
                     fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
                     bar is not None and bar.update(1)
                     continue
+                # Built here, outside flush_pending's per-batch error handling: a model that
+                # cannot load stops the run instead of failing every record.
+                self._ensure_model()
+                attempted += 1
                 pending.append({"id": record.id, "video": record.video, "prompt": record.prompt,
                                 "answer": record.answer, "source": record.source, "frames": frames,
                                 "score_frames": score_frames})
@@ -312,9 +363,9 @@ class SelfGenerator:
             bar.close()
         out.close()
         report = report_lib.build_report(out.rows, failed=sum(failures.values()), failed_by_reason=failures)
-        report.update({"written_this_run": written, "seconds": round(time.perf_counter() - started, 2),
-                       "tokens_generated": self.tokens_generated, "decoding": self.decoding,
-                       "repaired_bytes": out.repaired_bytes})
+        report.update({"written_this_run": written, "attempted_this_run": attempted,
+                       "seconds": round(time.perf_counter() - started, 2), "tokens_generated": self.tokens_generated,
+                       "decoding": self.decoding, "repaired_bytes": out.repaired_bytes})
         report_path = stem + ".report.json"
         if written or not os.path.exists(report_path):
             with open(report_path, "w", encoding="utf-8") as f:

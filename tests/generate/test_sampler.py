@@ -1,5 +1,6 @@
 """The KV-cache sampler: greedy == step-by-step argmax of full forwards, sampling frequencies,
-k samples from one prefill == k separate prefills, stop tokens, vocabulary limit, determinism."""
+k samples from one prefill == k separate prefills, stop tokens, vocabulary limit, determinism,
+per-prompt seeds that make a row independent of its batch."""
 
 import dataclasses
 
@@ -157,3 +158,24 @@ def test_input_errors(setup):
         greedy.generate(np.where(ids == model.config.video_token_index, 9, ids), mask, frames=frames)
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0.0)
+
+
+def test_per_prompt_seeds_make_each_row_independent_of_its_batch(setup):
+    model, ids, mask, frames, _, _ = setup
+    hot = Sampler(model, SamplingConfig(max_new_tokens=STEPS, temperature=1.0, stop_ids=(), num_samples=2))
+    # Seeds beyond 32 bits: the high word must count too (2**40 + 5 vs 5).
+    seeds = np.asarray([2**40 + 5, 5], np.uint64)
+    pair = hot.generate(ids, mask, frames=frames, seed=seeds)
+    # The same prompt alone (batch 1, same width) or after another prompt draws the same tokens.
+    for b in range(2):
+        alone = hot.generate(ids[b: b + 1], mask[b: b + 1], frames=frames[b: b + 1], seed=seeds[b: b + 1])
+        np.testing.assert_array_equal(alone.tokens[0], pair.tokens[b])
+        np.testing.assert_allclose(alone.logps[0], pair.logps[b], atol=1e-5)
+    swapped = hot.generate(ids[::-1], mask[::-1], frames=frames[::-1], seed=seeds[::-1])
+    np.testing.assert_array_equal(swapped.tokens[::-1], pair.tokens)
+    # Its k samples differ from each other, and another seed draws other tokens.
+    assert not np.array_equal(pair.tokens[0, 0], pair.tokens[0, 1])
+    other = hot.generate(ids, mask, frames=frames, seed=np.asarray([5, 2**40 + 5], np.uint64))
+    assert not np.array_equal(other.tokens[0], pair.tokens[0])
+    with pytest.raises(ValueError, match="one seed per prompt"):
+        hot.generate(ids, mask, frames=frames, seed=[1, 2, 3])
