@@ -4,6 +4,8 @@ Each test frame is one solid grey level that encodes its index (`_LEVEL`), so th
 frames say which source frames were chosen, independently of `VideoInfo.indices`.
 """
 
+import os
+import types
 from fractions import Fraction
 
 import av
@@ -12,6 +14,9 @@ import pytest
 from PIL import Image
 
 from leanpo_jax.data import video
+from leanpo_jax.data.batching import ExampleMaker, resolve_spec
+from leanpo_jax.data.config import check_data_config, data_config
+from leanpo_jax.models import resolve_model
 
 # 12 frames every 25 ms (0-275 ms), then 4 frames 300 ms apart (300-1200 ms): the first quarter
 # of the 1.2 s clip holds 12 of its 16 frames.
@@ -119,6 +124,28 @@ def test_sample_indices_by_time():
     assert video.is_constant_rate(even) and not video.is_constant_rate(times)
     with pytest.raises(ValueError, match="frame_sampling"):
         video.sample_indices(16, 4, 12.5, times_s=times, frame_sampling="pts")
+
+
+def test_invalid_frame_sampling_is_refused_naming_the_key(dense_start):
+    data = data_config()
+    assert data.frame_sampling == "time"
+    for bad in ("uniform", "Time", ""):
+        data.frame_sampling = bad
+        with pytest.raises(ValueError, match=rf"config data\.frame_sampling={bad!r}: expected one of"):
+            check_data_config(data)
+    with pytest.raises(ValueError, match="frame_sampling='uniform'"):
+        video.read_video(dense_start, 4, image_size=_SIZE, frame_sampling="uniform")
+
+
+@pytest.mark.parametrize("mode, shown", [("time", [0, 12, 13, 15]), ("index", [0, 5, 10, 15])])
+def test_the_pipeline_reads_with_the_configured_sampling(dense_start, mode, shown):
+    data = data_config()
+    data.pairs, data.num_frames, data.frame_sampling = "unused.jsonl", 4, mode
+    spec = resolve_spec(data, resolve_model("tiny").interface())
+    assert spec.frame_sampling == mode
+    maker = ExampleMaker(spec, tokenizer=None, video_root=os.path.dirname(dense_start))
+    record = types.SimpleNamespace(video=os.path.basename(dense_start), source="unused.jsonl:1", id="1")
+    assert _shown(maker.with_frames(record, {})["frames"]) == shown
 
 
 def test_webp_with_uneven_durations_is_sampled_by_time(tmp_path):
