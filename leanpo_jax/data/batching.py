@@ -41,6 +41,7 @@ class BatchSpec:
     max_response_tokens: int
     positions_fn: Optional[Callable] = None  # the family's prompt position table, if any
     position_axes: int = 0  # 0: no table; 1: prompt_positions [B, P]; A > 1: [B, A, P]
+    frame_sampling: str = "time"  # data.frame_sampling: how read_video picks the F frames
 
     @property
     def prompt_len(self) -> int:
@@ -72,7 +73,7 @@ def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> Batc
         video_token_index=model.video_token_index,
         max_prompt_text_tokens=int(data.max_prompt_text_tokens), response_buckets=buckets,
         max_response_tokens=int(data.max_response_tokens), positions_fn=model.positions_fn,
-        position_axes=axes,
+        position_axes=axes, frame_sampling=data.frame_sampling,
     )
 
 
@@ -122,7 +123,7 @@ class ExampleMaker:
         policy = self.spec.frames
         try:
             frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=policy.size,
-                                             resize=policy.resize)
+                                             resize=policy.resize, frame_sampling=self.spec.frame_sampling)
         except video_lib.VideoError as e:
             return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
         return {**encoded, "frames": frames}

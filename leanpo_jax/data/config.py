@@ -12,6 +12,7 @@ import ml_collections
 
 from leanpo_jax.config_schema import Block, Field
 from leanpo_jax.data.records import KINDS
+from leanpo_jax.data.video_contract import FRAME_SAMPLING_MODES
 
 
 def _ascending(buckets) -> bool:
@@ -24,8 +25,12 @@ DATA = Block(
     video_root=Field("", 'Folder that the records\' `video` paths are relative to; "" = the JSONL file\'s folder'),
     kind=Field("pairs", '"pairs" {id, video, prompt, chosen, rejected} | "triplets" {id, video, prompt, answer}',
                choices=KINDS),
-    num_frames=Field(4, "F frames per video, uniform indices linspace(0, n-1, F); N = num_video_tokens(F)",
-                     rule=">= 1"),
+    num_frames=Field(4, "F frames per video, uniform indices linspace(0, n-1, F) (see frame_sampling); "
+                     "N = num_video_tokens(F)", rule=">= 1"),
+    frame_sampling=Field("time", '"time": on a variable-frame-rate stream, F frames uniform in presentation '
+                         'time (the frame on screen at each of linspace(t_first, t_last, F)); "index": by frame '
+                         "index, as LLaVA's / Qwen's readers do on every stream. Constant-rate streams: the "
+                         "same indices either way", choices=FRAME_SAMPLING_MODES),
     max_prompt_text_tokens=Field(64, "Prompt text tokens beyond the N video ids; P = N + this is the one "
                                  "static prompt length (longer prompts: bad records, never truncated)",
                                  rule=">= 1"),

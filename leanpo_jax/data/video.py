@@ -1,7 +1,8 @@
 """Video decoding and frame sampling: `read_video` for files and frame folders.
 
 This is the module callers import: it also re-exports the shared reader contract
-(`video_contract`: `VideoError`, `VideoInfo`, `uniform_indices`, `sample_indices`) and the frame
+(`video_contract`: `VideoError`, `VideoInfo`, `FRAME_SAMPLING_MODES`, `uniform_indices`,
+`time_indices`, `sample_indices`, `is_constant_rate`, `sampling_rule`) and the frame
 geometry (`frames`: `RESIZE_MODES`, `resize_frames`, `shortest_edge_size`, `normalize_frames`).
 Here: the dispatch, the frame folder reader and the PyAV reader; WebP is `video_webp`.
 
@@ -13,10 +14,15 @@ Contract (every function below states its part):
     batching); `image_size` is S (square, H = W = S) or (H, W), resized by one of
     `RESIZE_MODES` (see `frames`). Uniform sampling takes `uniform_indices(n, F)` = LLaVA's
     `np.linspace(0, n-1, F, dtype=int)`; a video with fewer than F frames repeats indices.
+    `frame_sampling="time"` (default; "index" is the other mode) samples uniformly in
+    presentation time instead when the stream's timestamps are not evenly spaced
+    (`video_contract`: the rule, and why it is the default). Frame folders have no timestamps
+    and are always sampled by index.
   * Frames stay uint8 on the host; `normalize_frames` runs in the train step (numpy or jax).
   * Bad inputs raise `VideoError(reason, detail, path)` with reason one of MISSING_VIDEO,
-    UNREADABLE_VIDEO, NO_FRAMES (the skip reasons of `records`). A bad `image_size` or
-    `resize` is a ValueError (a config error, raised before the path is looked at).
+    UNREADABLE_VIDEO, NO_FRAMES (the skip reasons of `records`). A bad `image_size`,
+    `resize` or `frame_sampling` is a ValueError (a config error, raised before the path is
+    looked at).
   * PyAV and imageio are imported on first use, not at import: the train step imports this
     module (for `normalize_frames`) and must run where the data readers are absent.
 
@@ -48,6 +54,10 @@ i-th pts. When the header does give a count (`stream.frames`, mp4/mov) and fewer
 the file is truncated (UNREADABLE_VIDEO). Without pts (rare avi) frames are counted in
 decoder output order instead.
 
+Presentation times (files): frame i's time is (pts_i - pts_0) * time_base in display order, so
+the first frame is at 0 s; they feed time sampling and `VideoInfo.timestamps_s`. Streams
+without usable pts have none (index sampling, timestamps index / fps).
+
 Decoding: threaded (`thread_type = "AUTO"`); only the frames up to the last wanted index are
 decoded, only wanted frames are converted to RGB, and when a keyframe lies between the current
 position and the next wanted frame (more than `_SEEK_GAP` frames ahead) the reader seeks to it
@@ -71,7 +81,8 @@ from leanpo_jax.data.frames import (  # noqa: F401  (re-exported: callers resize
     RESIZE_MODES, ResizeTarget, fit_frame, normalize_frames, resize_frames, resize_target, shortest_edge_size)
 from leanpo_jax.data.records import MISSING_VIDEO, NO_FRAMES, UNREADABLE_VIDEO
 from leanpo_jax.data.video_contract import (  # noqa: F401  (re-exported: the reader contract)
-    VideoError, VideoInfo, sample_indices, uniform_indices, video_info)
+    FRAME_SAMPLING_MODES, VideoError, VideoInfo, check_frame_sampling, is_constant_rate, sample_indices,
+    sampling_rule, time_indices, uniform_indices, video_info)
 from leanpo_jax.data.video_webp import is_webp, read_webp
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov", ".webp")
@@ -83,30 +94,34 @@ _SEEK_GAP = 8
 
 def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, int]], resize: str = "direct",
                fps_sampling: Optional[float] = None, max_frames: Optional[int] = None,
-               folder_fps: float = 1.0) -> Tuple[np.ndarray, VideoInfo]:
+               folder_fps: float = 1.0, frame_sampling: str = "time") -> Tuple[np.ndarray, VideoInfo]:
     """Decodes `path` (file or frame folder) to uint8 [num_frames, H, W, 3].
 
     `image_size`: S (H = W = S) or (H, W); `resize`: one of `RESIZE_MODES` (see
-    `resize_frames`). Sampling: see `sample_indices`. Frame folders have no frame rate:
-    `folder_fps` stands in (timestamps, duration and fps sampling), as for a WebP without
-    frame durations. Raises ValueError for a bad `image_size` / `resize`, and `VideoError`:
+    `resize_frames`). Sampling: see `sample_indices`; `frame_sampling` is "time" (uniform in
+    presentation time where the stream's timestamps are uneven) or "index". Frame folders have
+    no frame rate: `folder_fps` stands in (timestamps, duration and fps sampling), as for a
+    WebP without frame durations. Raises ValueError for a bad `image_size` / `resize` /
+    `frame_sampling`, and `VideoError`:
     MISSING_VIDEO (no such path), UNREADABLE_VIDEO (zero-byte, truncated, not a video,
     decode error, unreadable image), NO_FRAMES (empty frame folder, a video stream without a
     decodable frame).
     """
     target = resize_target(image_size, resize)
+    check_frame_sampling(frame_sampling)
+    sampling = dict(fps_sampling=fps_sampling, max_frames=max_frames, frame_sampling=frame_sampling)
     if not os.path.exists(path):
         raise VideoError(MISSING_VIDEO, "no such file or folder", path)
     if os.path.isdir(path):
-        return _read_folder(path, num_frames, target, fps_sampling, max_frames, folder_fps)
+        return _read_folder(path, num_frames, target, sampling, folder_fps)
     if os.path.getsize(path) == 0:
         raise VideoError(UNREADABLE_VIDEO, "the file is empty (0 bytes)", path)
     if is_webp(path):
-        out = read_webp(path, num_frames, target, fps_sampling, max_frames, folder_fps)
+        out = read_webp(path, num_frames, target, sampling, folder_fps)
         if out is not None:
             return out
     try:
-        return _read_file(path, num_frames, target, fps_sampling, max_frames)
+        return _read_file(path, num_frames, target, sampling)
     except VideoError:
         raise
     except (_av().error.FFmpegError, OSError, EOFError) as e:  # FFmpeg's and the OS's "cannot read"
@@ -117,13 +132,13 @@ def _natural_key(name: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", name)]
 
 
-def _read_folder(path, num_frames, target: ResizeTarget, fps_sampling, max_frames, fps):
+def _read_folder(path, num_frames, target: ResizeTarget, sampling: dict, fps):
     names = sorted((e for e in os.listdir(path)
                     if e.lower().endswith(FRAME_EXTENSIONS) and os.path.isfile(os.path.join(path, e))),
                    key=_natural_key)
     if not names:
         raise VideoError(NO_FRAMES, f"the frame folder has no {'/'.join(FRAME_EXTENSIONS)} files", path)
-    indices = sample_indices(len(names), num_frames, fps, fps_sampling=fps_sampling, max_frames=max_frames)
+    indices = sample_indices(len(names), num_frames, fps, **sampling)  # no times: by index
     cache = {}
     for i in np.unique(indices):
         file = os.path.join(path, names[i])
@@ -133,7 +148,7 @@ def _read_folder(path, num_frames, target: ResizeTarget, fps_sampling, max_frame
         except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise VideoError(UNREADABLE_VIDEO, f"frame {names[i]!r} cannot be read: {e}", path) from e
     frames = np.stack([cache[int(i)] for i in indices])
-    return frames, video_info(len(names), fps, indices, False)
+    return frames, video_info(len(names), fps, indices, False, frame_sampling=sampling["frame_sampling"])
 
 
 def _stream_fps(stream, pts: Optional[list], n: int) -> float:
@@ -174,7 +189,7 @@ def _open(path):
     return container
 
 
-def _read_file(path, num_frames, target: ResizeTarget, fps_sampling, max_frames):
+def _read_file(path, num_frames, target: ResizeTarget, sampling: dict):
     # Pass 1: demux only (no decoding) to count frames and find pts and keyframes.
     with _open(path) as container:
         stream = container.streams.video[0]
@@ -194,12 +209,15 @@ def _read_file(path, num_frames, target: ResizeTarget, fps_sampling, max_frames)
             pts = [pts[i] for i in order]
             keyframes = [rank for rank, i in enumerate(order) if keys[i]]
         fps = _stream_fps(stream, pts if by_pts else None, n)
+        times_s = None
+        if by_pts and stream.time_base:
+            times_s = (np.asarray(pts, np.int64) - pts[0]) * float(stream.time_base)
     if n == 0:
         raise VideoError(NO_FRAMES, "the video stream has no frames", path)
     if header_frames and stored < header_frames:
         raise VideoError(UNREADABLE_VIDEO, f"truncated: the header lists {header_frames} frames but "
                          f"the file holds {stored}", path)
-    indices = sample_indices(n, num_frames, fps, fps_sampling=fps_sampling, max_frames=max_frames)
+    indices = sample_indices(n, num_frames, fps, times_s=times_s, **sampling)
     wanted = sorted(set(int(i) for i in indices))
     # Pass 2: decode what is needed. Reopening is cheaper and safer than seeking back to the
     # start (streams whose first timestamp is not 0 make "seek to 0" demuxer-dependent).
@@ -220,7 +238,8 @@ def _read_file(path, num_frames, target: ResizeTarget, fps_sampling, max_frames)
             k = bisect.bisect_left(decoded, j)
             j = min(decoded[max(k - 1, 0):k + 1], key=lambda d, i=int(i): abs(d - i))
         frames.append(got[j])
-    return np.stack(frames), video_info(n, fps, indices, missing)
+    return np.stack(frames), video_info(n, fps, indices, missing, times_s=times_s,
+                                        frame_sampling=sampling["frame_sampling"])
 
 
 def _convert(frame, target) -> np.ndarray:

@@ -7,7 +7,10 @@ Contract:
     `read_video` then falls back to PyAV (which reads still WebP only). A WebP that Pillow
     opens but cannot decode is `VideoError(UNREADABLE_VIDEO)`.
   * fps = frames / total duration (an average rate, like FFmpeg's); a WebP without durations
-    (a still image) uses `folder_fps`.
+    (a still image) uses `folder_fps`. Frame i's presentation time is the sum of the durations
+    before it: uneven durations are a variable frame rate, sampled by time under
+    `frame_sampling="time"` (`video_contract.sampling_rule`), and `VideoInfo.timestamps_s`
+    reports those times.
 
 Why imageio here (libwebp through Pillow, the reference decoder, which composites animation
 frames): FFmpeg's webp decoder has no animation support (PyAV 18.1 / libavcodec 62 fails on an
@@ -38,14 +41,16 @@ def is_webp(path: str) -> bool:
     return len(head) == 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP"
 
 
-def read_webp(path, num_frames, target: ResizeTarget, fps_sampling, max_frames, folder_fps):
+def read_webp(path, num_frames, target: ResizeTarget, sampling: dict, folder_fps):
     """A WebP (still or animated) through imageio.v3's pillow plugin, or None when this Pillow
-    cannot open WebP (the caller then tries PyAV, which reads still WebP).
+    cannot open WebP (the caller then tries PyAV, which reads still WebP). `sampling`: the
+    `sample_indices` keywords (fps_sampling, max_frames, frame_sampling).
 
     One pass in display order reads each frame (Pillow sets a WebP frame's duration only once
-    it is decoded, and animation frames decode sequentially anyway) and keeps the wanted
-    frames, resized. With fps sampling the indices depend on the fps, known after that pass;
-    a second pass then reads the wanted frames.
+    it is decoded, and animation frames decode sequentially anyway) and keeps the frames that
+    index sampling would want, resized. The indices depend on the durations (fps sampling, and
+    time sampling of uneven durations), known after that pass; wanted frames it did not keep
+    are then read again.
     """
     iio = _iio()
     try:
@@ -55,24 +60,27 @@ def read_webp(path, num_frames, target: ResizeTarget, fps_sampling, max_frames, 
     try:
         with file:
             n = int(file.properties(index=...).n_images or 1)
-            indices = None if fps_sampling is not None else uniform_indices(n, num_frames)
-            wanted = set() if indices is None else {int(i) for i in indices}
+            # Most WebPs have even durations (or none): these are their indices, read in the pass.
+            likely = set() if sampling["fps_sampling"] is not None else set(uniform_indices(n, num_frames).tolist())
             got, durations = {}, []
             for i in range(n):
                 rgb = file.read(index=i, mode="RGB")
                 durations.append(file.metadata(index=i).get("duration"))
-                if i in wanted:
+                if i in likely:
                     got[i] = fit_frame(rgb, target)
-            total_ms = float(sum(durations)) if all(durations) else 0.0  # ms; None: no timing
+            timed = all(durations)  # None or 0 for a frame: no timing
+            total_ms = float(sum(durations)) if timed else 0.0
             fps = n * 1000.0 / total_ms if total_ms > 0 else float(folder_fps)
-            if indices is None:
-                indices = sample_indices(n, num_frames, fps, fps_sampling=fps_sampling, max_frames=max_frames)
-                for i in sorted({int(j) for j in indices}):
-                    got[i] = fit_frame(file.read(index=i, mode="RGB"), target)
+            times_s = np.concatenate([[0.0], np.cumsum(durations[:-1], dtype=np.float64)]) / 1000 if timed else None
+            indices = sample_indices(n, num_frames, fps, times_s=times_s, **sampling)
+            for i in sorted({int(j) for j in indices} - set(got)):
+                got[i] = fit_frame(file.read(index=i, mode="RGB"), target)
     except (OSError, ValueError, EOFError, Image.DecompressionBombError) as e:
         raise VideoError(UNREADABLE_VIDEO, f"cannot decode the WebP: {type(e).__name__}: {e}", path) from e
     frames = np.stack([got[int(i)] for i in indices])
-    return frames, video_info(n, fps, indices, False)
+    # The durations sum to the length exactly (n / fps is that sum, or n / folder_fps untimed).
+    return frames, video_info(n, fps, indices, False, times_s=times_s, frame_sampling=sampling["frame_sampling"],
+                              duration_s=n / fps)
 
 
 def _iio():

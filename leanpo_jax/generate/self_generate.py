@@ -123,6 +123,7 @@ class SelfGenerator:
         data = config.data
         self.frames = int(self.g.num_frames) if int(self.g.num_frames) != -1 else int(data.num_frames)
         self.score_frames = int(data.num_frames)
+        self.frame_sampling = data.frame_sampling  # as training reads the videos
         self.keep = int(self.g.augment.keep_frames)
         self.n_video, self.n_loser = interface.video_tokens(self.frames), interface.video_tokens(self.keep)
         self.frame_policy = interface.frames
@@ -341,10 +342,11 @@ class SelfGenerator:
                     continue
                 path = os.path.join(video_root, record.video)
                 try:
-                    size, resize = self.frame_policy.size, self.frame_policy.resize
-                    frames, _ = video_lib.read_video(path, self.frames, image_size=size, resize=resize)
+                    read_args = dict(image_size=self.frame_policy.size, resize=self.frame_policy.resize,
+                                     frame_sampling=self.frame_sampling)
+                    frames, _ = video_lib.read_video(path, self.frames, **read_args)
                     score_frames = frames if self.score_frames == self.frames else video_lib.read_video(
-                        path, self.score_frames, image_size=size, resize=resize)[0]
+                        path, self.score_frames, **read_args)[0]
                 except video_lib.VideoError as e:
                     fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
                     bar is not None and bar.update(1)
