@@ -240,7 +240,7 @@ def test_token_counts_change_only_ipo():
 
 @pytest.mark.parametrize("eps", [0.0, 0.2])
 def test_gamma_is_trl_simpo_gamma_and_symmetric_smoothing_is_trl_label_smoothing(eps):
-    # The mapping docs/loss.md §4 states: gamma = simpo_gamma (not simpo_gamma/β); static ε on
+    # The mapping docs/loss.md §4.1 states: gamma = simpo_gamma (not simpo_gamma/β); static ε on
     # every pair = label_smoothing; LeanPO reaches it with the symmetric form and ε on every pair.
     c, r = random_logps(31, 50)
     want = np_trl_cpo_simpo(c, r, 2.5, 0.8, eps)
