@@ -199,17 +199,24 @@ def dpo_loss(
     beta: float = 0.1,
     label_smoothing: float = 0.0,
     kind: str = "sigmoid",
+    chosen_n_tokens: Array | None = None,
+    rejected_n_tokens: Array | None = None,
 ) -> Tuple[Array, Dict[str, Array]]:
     """Per-pair DPO-family loss on SUMMED log-probs of policy and reference.
 
-    h = (π_c − π_r) − (ref_c − ref_r). sigmoid: −(1−ε)·log σ(βh) − ε·log σ(−βh) (cDPO);
-    ipo: (h − 1/(2β))²; hinge: max(0, 1 − βh). Rewards are β·(π − ref).
+    h = (π_c − ref_c) − (π_r − ref_r). sigmoid: −(1−ε)·log σ(βh) − ε·log σ(−βh) (cDPO);
+    hinge: max(0, 1 − βh); ipo: (h̄ − 1/(2β))² with h̄ = (π_c − ref_c)/|y_c| − (π_r − ref_r)/|y_r|,
+    the per-token mean log-ratios of TRL and the IPO authors, when `chosen_n_tokens` and
+    `rejected_n_tokens` are given (without them h̄ = h: pass per-token averages yourself).
+    The counts change IPO only. Rewards are β·(π − ref) of the inputs as given, for every kind.
     """
     _check_pair_shapes("policy_chosen", policy_chosen, "policy_rejected", policy_rejected)
     _check_pair_shapes("policy_chosen", policy_chosen, "ref_chosen", ref_chosen)
     _check_pair_shapes("policy_chosen", policy_chosen, "ref_rejected", ref_rejected)
     if kind not in DPO_KINDS:
         raise ValueError(f"kind={kind!r}; expected one of {DPO_KINDS}")
+    if (chosen_n_tokens is None) != (rejected_n_tokens is None):
+        raise ValueError("pass both chosen_n_tokens and rejected_n_tokens, or neither")
     chosen = _f32(policy_chosen) - jax.lax.stop_gradient(_f32(ref_chosen))
     rejected = _f32(policy_rejected) - jax.lax.stop_gradient(_f32(ref_rejected))
     h = chosen - rejected
@@ -218,6 +225,11 @@ def dpo_loss(
         if label_smoothing:
             losses = losses - label_smoothing * jax.nn.log_sigmoid(-beta * h)
     elif kind == "ipo":
+        if chosen_n_tokens is not None:
+            _check_pair_shapes("policy_chosen", policy_chosen, "chosen_n_tokens", chosen_n_tokens)
+            _check_pair_shapes("policy_chosen", policy_chosen, "rejected_n_tokens", rejected_n_tokens)
+            # Summed log-ratios grow with the response length while the target 1/(2β) does not.
+            h = average_logps(chosen, chosen_n_tokens) - average_logps(rejected, rejected_n_tokens)
         losses = jnp.square(h - 1.0 / (2.0 * beta))
     else:
         losses = jax.nn.relu(1.0 - beta * h)

@@ -42,6 +42,26 @@ def np_dpo(pc, pr, rc, rr, beta, eps, kind):
     return np.maximum(0.0, 1 - beta * h)
 
 
+def np_trl_ipo(policy_chosen, policy_rejected, ref_chosen, ref_rejected, chosen_mask,
+               rejected_mask, beta):
+    """TRL DPOTrainer loss_type="ipo" from per-token log-probs [B, T]: each log-ratio is summed
+    over its response and divided by that response's token count, then (Δ − 1/(2β))²."""
+    def mean_log_ratio(policy, ref, mask):
+        return ((policy - ref) * mask).sum(-1) / np.maximum(mask.sum(-1), 1.0)
+
+    delta = (mean_log_ratio(policy_chosen, ref_chosen, chosen_mask)
+             - mean_log_ratio(policy_rejected, ref_rejected, rejected_mask))
+    return (delta - 1.0 / (2.0 * beta)) ** 2
+
+
+def np_trl_cpo_simpo(c, r, beta, simpo_gamma, label_smoothing):
+    """TRL CPOTrainer loss_type="simpo" on average log-probs: logits = c − r − simpo_gamma/β,
+    −(1−ε)·log σ(β·logits) − ε·log σ(−β·logits)."""
+    logits = (np.float64(c) - np.float64(r)) - simpo_gamma / beta
+    return (-(1 - label_smoothing) * np_log_sigmoid(beta * logits)
+            - label_smoothing * np_log_sigmoid(-beta * logits))
+
+
 def np_log_softmax_pick(logits, labels, mask):
     logits = np.asarray(logits, np.float64)
     log_norm = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
@@ -78,6 +98,19 @@ def random_logps(seed, batch, scale=1.5):
         as_f32_64(-np.abs(rng.normal(1.0, scale, batch))),
         as_f32_64(-np.abs(rng.normal(1.0, scale, batch))),
     )
+
+
+def random_token_pairs(seed, pairs, max_len=24):
+    """Per-token log-probs [pairs, max_len] of policy and reference for chosen and rejected, and
+    response masks of independent lengths 1..max_len. Values are multiples of 2⁻¹⁰ in (−8, 0]:
+    every masked sum is exact in float32, so the loss under test gets exactly the reference's
+    inputs."""
+    rng = np.random.default_rng(seed)
+    positions = np.arange(max_len)[None]
+    masks = [(positions < rng.integers(1, max_len + 1, (pairs, 1))).astype(np.float64)
+             for _ in range(2)]
+    tokens = [-rng.integers(0, 8 * 1024, (pairs, max_len)) / 1024.0 for _ in range(4)]
+    return tokens, masks
 
 
 # ----------------------------------------------------------------------------- LeanPO / SimPO
@@ -175,6 +208,49 @@ def test_dpo_matches_float64_reference(kind, eps):
     np.testing.assert_array_equal(aux["rewards/accuracies"], ((pc - rc) > (pr - rr)).astype(np.float32))
 
 
+@pytest.mark.parametrize("beta", [0.1, 0.5, 2.0])
+def test_ipo_with_token_counts_matches_trl_float64(beta):
+    (pc_tok, pr_tok, rc_tok, rr_tok), (chosen_mask, rejected_mask) = random_token_pairs(14, 50)
+    pc, pr, rc, rr = ((t * m).sum(-1) for t, m in
+                      zip((pc_tok, pr_tok, rc_tok, rr_tok), (chosen_mask, rejected_mask) * 2))
+    chosen_n, rejected_n = chosen_mask.sum(-1), rejected_mask.sum(-1)
+    got, aux = losses.dpo_loss(pc, pr, rc, rr, beta=beta, kind="ipo",
+                               chosen_n_tokens=chosen_n, rejected_n_tokens=rejected_n)
+    want = np_trl_ipo(pc_tok, pr_tok, rc_tok, rr_tok, chosen_mask, rejected_mask, beta)
+    error = np.abs(np.asarray(got, np.float64) - want)
+    print(f"beta={beta}: IPO vs TRL float64, max abs err {error.max():.2e}, "
+          f"max rel err {(error / np.abs(want)).max():.2e}, loss range [{want.min():.3g}, {want.max():.3g}]")
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    # TRL logs IPO's rewards on the summed log-ratios, as for every other DPO kind.
+    np.testing.assert_allclose(aux["rewards/chosen"], beta * (pc - rc), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(aux["rewards/accuracies"], ((pc - rc) > (pr - rr)).astype(np.float32))
+
+
+def test_token_counts_change_only_ipo():
+    rng = np.random.default_rng(8)
+    pc, pr, rc, rr = (as_f32_64(-np.abs(rng.normal(40, 10, 6))) for _ in range(4))
+    counts = dict(chosen_n_tokens=rng.integers(1, 60, 6), rejected_n_tokens=rng.integers(1, 60, 6))
+    for kind in ("sigmoid", "hinge"):
+        summed, _ = losses.dpo_loss(pc, pr, rc, rr, label_smoothing=0.1, kind=kind)
+        counted, _ = losses.dpo_loss(pc, pr, rc, rr, label_smoothing=0.1, kind=kind, **counts)
+        np.testing.assert_array_equal(counted, summed)
+    with pytest.raises(ValueError, match="chosen_n_tokens.*rejected_n_tokens"):
+        losses.dpo_loss(pc, pr, rc, rr, kind="ipo", chosen_n_tokens=counts["chosen_n_tokens"])
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_gamma_is_trl_simpo_gamma_and_symmetric_smoothing_is_trl_label_smoothing(eps):
+    # The mapping docs/loss.md §4.1 states: gamma = simpo_gamma (not simpo_gamma/β); static ε on
+    # every pair = label_smoothing; LeanPO reaches it with the symmetric form and ε on every pair.
+    c, r = random_logps(31, 50)
+    want = np_trl_cpo_simpo(c, r, 2.5, 0.8, eps)
+    simpo, _ = losses.simpo_loss(c, r, beta=2.5, gamma=0.8, label_smoothing=eps)
+    every_pair, _ = losses.leanpo_loss(c, r, beta=2.5, gamma=0.8, label_smoothing=eps,
+                                       smoothing_threshold=np.inf, smoothing_form="symmetric")
+    np.testing.assert_allclose(simpo, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(every_pair, want, rtol=RTOL, atol=ATOL)
+
+
 def test_sft_loss_is_the_token_mean_nll():
     sums = np.asarray([-10.0, -3.0, -7.5])
     counts = np.asarray([5.0, 1.0, 4.0])
@@ -221,6 +297,12 @@ def test_simpo_dpo_sft_gradients_match_finite_differences():
             lambda a, b: np_dpo(a, b, rc, rr, 0.1, 0.1, kind).sum(), pc, pr,
         )
     counts = np.asarray([5.0, 2.0, 9.0])
+    rejected_counts = np.asarray([3.0, 7.0, 1.0])
+    _grad_check(
+        lambda a, b: losses.dpo_loss(a, b, rc, rr, beta=0.1, kind="ipo", chosen_n_tokens=counts,
+                                     rejected_n_tokens=rejected_counts)[0].sum(),
+        lambda a, b: (((a - rc) / counts - (b - rr) / rejected_counts - 5.0) ** 2).sum(), pc, pr,
+    )
     _grad_check(lambda s: losses.sft_loss(s, counts), lambda s: -s.sum() / counts.sum(), pc)
 
 

@@ -14,7 +14,8 @@ layout, `train.layout`).
 Objectives (cfg.loss.name), each `Σ_b w_b·ℓ_b / N_pairs` (+ the SFT term), w = pair_weight:
   leanpo  losses.leanpo_objective (average log-probs, SFT on chosen over N_tokens)
   simpo   losses.simpo_loss on average log-probs
-  dpo     losses.dpo_loss on summed log-probs against batch ref_*_logps
+  dpo     losses.dpo_loss on summed log-probs against batch ref_*_logps (dpo_kind "ipo":
+          per-token means of policy and reference log-ratios, as TRL)
   sft     −Σ_b w_b·Σ log π(y_w,b) / N_tokens (chosen only)
 N_pairs = Σ w and N_tokens = Σ w·|y_w| are computed on the WHOLE batch before it is split into
 `grad_accum_steps` micro-batches, so the sum of micro-batch gradients is the full-batch gradient.
@@ -44,7 +45,8 @@ LOSS = Block(
     beta=Field(default_of(losses.leanpo_loss, "beta"),
                "β: reward scale, reward = β · average token log-prob of the response", rule="> 0"),
     gamma=Field(default_of(losses.leanpo_loss, "gamma"),
-                "γ: target reward margin inside the Bradley–Terry sigmoid", rule=">= 0"),
+                "γ: target reward margin inside the Bradley–Terry sigmoid (TRL's simpo_gamma, "
+                "not γ/β)", rule=">= 0"),
     label_smoothing=Field(default_of(losses.leanpo_loss, "label_smoothing"),
                           "α: ε for pairs the policy ranks the wrong way (dynamic smoothing); "
                           'static ε of every pair for "simpo" and "dpo"', rule="in [0, 1)"),
@@ -57,8 +59,8 @@ LOSS = Block(
     sft_weight=Field(default_of(losses.leanpo_objective, "sft_weight"),
                      "λ_sft: weight of the winner's token-mean NLL (paper: 0.5; 0.1 in one "
                      "Qwen2-VL run)", rule=">= 0"),
-    dpo_kind=Field(default_of(losses.dpo_loss, "kind"), 'DPO only: "sigmoid" | "ipo" | "hinge"',
-                   choices=losses.DPO_KINDS),
+    dpo_kind=Field(default_of(losses.dpo_loss, "kind"), 'DPO only: "sigmoid" | "hinge" (summed '
+                   'log-ratios) | "ipo" (per-token mean log-ratios, as TRL)', choices=losses.DPO_KINDS),
 )
 
 
@@ -111,9 +113,13 @@ def objective(logps, batch, cfg, *, num_pairs=None, num_chosen_tokens=None):
         missing = [k for k in ("ref_chosen_logps", "ref_rejected_logps") if k not in batch]
         if missing:
             raise ValueError(f"loss.name='dpo' needs reference log-probs in the batch; missing {missing}")
+        # The cached reference sums cover the same response tokens (same tokenisation, part of
+        # the cache key), so one count per response averages policy and reference alike (IPO).
         per, aux = losses.dpo_loss(logps["chosen"], logps["rejected"], batch["ref_chosen_logps"],
                                    batch["ref_rejected_logps"], beta=lc["beta"],
-                                   label_smoothing=lc["label_smoothing"], kind=lc["dpo_kind"])
+                                   label_smoothing=lc["label_smoothing"], kind=lc["dpo_kind"],
+                                   chosen_n_tokens=logps["chosen_tokens"],
+                                   rejected_n_tokens=logps["rejected_tokens"])
     else:
         raise ValueError(f"loss.name={name!r}; expected one of {LOSS_NAMES}")
     metrics["loss/preference"] = per_pair(per)

@@ -164,6 +164,48 @@ def test_dpo_without_reference_logps_names_the_missing_keys(models):
         jax.eval_shape(fn, trainable, frozen, batch)
 
 
+def trl_dpo_float64(policy_tokens, ref_tokens, masks, beta, kind):
+    """TRL DPOTrainer's per-pair loss in float64 from per-token log-probs {chosen, rejected}
+    [B, T]: log-ratios summed over each response, divided by its token count for IPO only."""
+    ratio = {k: ((policy_tokens[k] - ref_tokens[k]) * masks[k]).sum(-1) for k in masks}
+    if kind == "ipo":
+        ratio = {k: ratio[k] / np.maximum(masks[k].sum(-1), 1.0) for k in masks}
+    delta = ratio["chosen"] - ratio["rejected"]
+    if kind == "ipo":
+        return (delta - 1.0 / (2.0 * beta)) ** 2
+    return np.logaddexp(0.0, -beta * delta)  # sigmoid: −log σ(β·Δ)
+
+
+@pytest.mark.parametrize("kind", ["ipo", "sigmoid"])
+def test_dpo_objective_matches_trl_float64(kind):
+    # The trainer's path from pair log-probs (sums + counts, as pair_logps returns them) and the
+    # cached summed reference log-probs to the per-pair loss; no model needed.
+    rng = np.random.default_rng(3)
+    pairs, max_len, beta = 50, 24, 0.5
+    positions = np.arange(max_len)[None]
+    masks = {k: (positions < rng.integers(1, max_len + 1, (pairs, 1))).astype(np.float64)
+             for k in ("chosen", "rejected")}
+    # Multiples of 2⁻¹⁰: every masked sum is exact in float32, so the trainer sees exact inputs.
+    policy, ref = ({k: -rng.integers(0, 8 * 1024, (pairs, max_len)) / 1024.0 for k in masks}
+                   for _ in range(2))
+    logps = {}
+    for k in masks:
+        logps[k] = (policy[k] * masks[k]).sum(-1)
+        logps[f"{k}_tokens"] = masks[k].sum(-1)
+    batch = {"pair_weight": np.ones(pairs), "chosen_mask": masks["chosen"],
+             "ref_chosen_logps": (ref["chosen"] * masks["chosen"]).sum(-1),
+             "ref_rejected_logps": (ref["rejected"] * masks["rejected"]).sum(-1)}
+    cfg = {"loss": {"name": "dpo", "dpo_kind": kind, "beta": beta, "label_smoothing": 0.0}}
+    # One pair per vmapped call: the objective's pair mean is then that pair's loss.
+    single = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32)[:, None], (logps, batch))
+    got = jax.vmap(lambda lp, b: step_lib.objective(lp, b, cfg)[0])(*single)
+    want = trl_dpo_float64(policy, ref, masks, beta, kind)
+    error = np.abs(np.asarray(got, np.float64) - want)
+    print(f"{kind}: trainer objective vs TRL float64, max abs err {error.max():.2e}, "
+          f"max rel err {(error / np.abs(want)).max():.2e}")
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
 def test_schedules_warm_up_then_decay():
     cfg = dict(learning_rate=1.0, warmup_ratio=0.1, total_steps=100)
     for kind, mid, end in (("linear", 1 - 40 / 90, 0.0), ("constant", 1.0, 1.0)):
