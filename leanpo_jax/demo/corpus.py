@@ -55,6 +55,11 @@ ANSWERS = {
 }
 
 
+def normalised_backdrop(background, mean, std) -> float:
+    """A backdrop pixel as the tower sees it: (rgb / 255 - mean) / std, averaged over channels."""
+    return float(np.mean((np.asarray(background, np.float64) / 255.0 - np.asarray(mean)) / np.asarray(std)))
+
+
 def answer(attrs: Dict, kind: str, value: str = "") -> str:
     """The demo's answer to `kind` about a video with `attrs`; `value` replaces the attribute word."""
     return ANSWERS[kind].format(**{kind: value or synthetic.attribute_word(attrs, kind)})

@@ -1,4 +1,4 @@
-"""Demo stage 6: a model on the held-out split — greedy exact-match accuracy and GT log-likelihood.
+"""Demo stage 5: a model on the held-out split — greedy exact-match accuracy and GT log-likelihood.
 
 Accuracy: the model answers each held-out question greedily (the KV-cache sampler, plain
 question, original video); an answer counts when it equals the GT sentence after normalising

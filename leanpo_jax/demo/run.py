@@ -1,9 +1,12 @@
 """The demo's stages, each through the project's real code paths (see leanpo_jax/demo/__main__.py).
 
-corpus (data.synthetic + tokenizer) -> SFT (train.trainer, loss sft, everything trainable) ->
-self-generated pairs (generate.SelfGenerator with the SFT export) -> DPO / SimPO / LeanPO
+1 corpus (data.synthetic + tokenizer) -> 2 SFT (train.trainer, loss sft, everything trainable)
+-> 3 self-generated pairs (generate.SelfGenerator with the SFT export) -> 4 DPO / SimPO / LeanPO
 (train.trainer from the same SFT weights, tower + projector frozen, same optimiser, lr, steps,
-seed; probe set scored every k steps) -> held-out evaluation -> report.
+seed; probe set scored every k steps) -> 5 held-out evaluation -> 6 report.
+
+Progress: the trainer's and the generator's tqdm bars (stderr) while a stage runs, then one
+line per stage on stdout, "[demo] stage 3/6 generation: 16.5 s (...)".
 """
 
 from __future__ import annotations
@@ -13,17 +16,20 @@ import json
 import os
 import shutil
 import time
-from typing import Dict
+from typing import Dict, List
 
 import ml_collections
 
+from leanpo_jax.data import synthetic
 from leanpo_jax.demo import corpus as corpus_lib
 from leanpo_jax.demo import evaluate as eval_lib
+from leanpo_jax.demo import findings
 from leanpo_jax.demo import report as report_lib
 from leanpo_jax.generate.config import generate_config
 from leanpo_jax.train.config import training_config
 
 METHODS = report_lib.METHODS
+STAGES = ("corpus", "sft", "generation", "preference", "evaluation", "report")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +98,7 @@ def base_config(s: Settings, tokenizer: str) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "linear"
     c.train.chunk_size = 64
     c.logging.log_every = 1
-    c.logging.progress_bar = False
+    c.logging.progress_bar = True  # the demo's progress while a training stage runs
     c.checkpoint.every = 10_000  # the final step only
     c.checkpoint.max_to_keep = 1
     c.eval.every = 10_000
@@ -147,8 +153,14 @@ def generation_config(s: Settings, paths: Dict) -> ml_collections.ConfigDict:
     return c
 
 
+def _read_jsonl(path: str) -> List[Dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
-    """Runs every stage into `workdir` (fresh each time) -> the summary dict."""
+    """Runs every stage into `workdir` (fresh each time) -> the summary dict (report.write_report).
+    Prints one line per stage (its number, name, seconds and what it produced)."""
     from leanpo_jax.generate import report as gen_report
     from leanpo_jax.generate.self_generate import SelfGenerator
     from leanpo_jax.train.trainer import train
@@ -159,30 +171,33 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
         shutil.rmtree(os.path.join(workdir, sub), ignore_errors=True)
     os.makedirs(workdir, exist_ok=True)
     times: Dict[str, float] = {}
+    started: Dict[str, float] = {}
 
     def stage(name):
-        times[name] = time.perf_counter()
-        print(f"[demo] {name} ...", flush=True)
+        started[name] = time.perf_counter()
 
-    def done(name):
-        times[name] = round(time.perf_counter() - times[name], 1)
-        print(f"[demo] {name}: {times[name]} s", flush=True)
+    def done(name, detail=""):
+        times[name] = round(time.perf_counter() - started[name], 1)
+        number = STAGES.index(name) + 1
+        print(f"[demo] stage {number}/{len(STAGES)} {name}: {times[name]} s{f' ({detail})' if detail else ''}",
+              flush=True)
 
     stage("corpus")
     paths = corpus_lib.build_corpus(workdir, train=s.train_videos, heldout=s.heldout_videos,
                                     generation=s.generation_videos, seed=s.seed)
-    done("corpus")
+    done("corpus", f"{paths['counts']['sft']} SFT records, {paths['counts']['generation']} generation triplets, "
+                   f"{paths['counts']['heldout']} held-out questions")
 
     stage("sft")
     sft = train(sft_config(s, paths), os.path.join(workdir, "sft"))
     paths["sft_hf"] = sft["hf"]
-    done("sft")
+    done("sft", f"{s.sft_steps} steps")
 
     stage("generation")
     out = os.path.join(workdir, "pairs", "generated.jsonl")
     generator = SelfGenerator(generation_config(s, paths))
-    gen = generator.run(paths["train_triplets"], out, video_root=paths["root"], progress=False)
-    rows = [json.loads(line) for line in open(out, encoding="utf-8")]
+    gen = generator.run(paths["train_triplets"], out, video_root=paths["root"], progress=True)
+    rows = _read_jsonl(out)
     kept = [r for r in rows if not r["identical"]]
     paths["pairs"] = os.path.join(workdir, "pairs", "train_pairs.jsonl")
     paths["probe_pairs"] = os.path.join(workdir, "pairs", "probe_pairs.jsonl")
@@ -190,9 +205,9 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
     with open(paths["probe_pairs"], "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept[: s.probe_pairs])
-    print(gen_report.format_report(gen), flush=True)
-    print(f"[demo] dropped {len(rows) - len(kept)} pairs whose chosen equals rejected", flush=True)
-    done("generation")
+    wins = gen["winner_above_loser_non_identical"]["count"]
+    done("generation", f"{len(rows)} pairs, {gen['identical_pairs']} with chosen == rejected dropped, winner > "
+                       f"loser {gen_report.format_share(wins, gen['non_identical_pairs'])} of the rest")
     if len(kept) < s.pref_batch:
         raise RuntimeError(f"only {len(kept)} usable pairs were generated (< batch {s.pref_batch}); "
                            f"see {out} and its .report.json")
@@ -203,16 +218,33 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
         t0 = time.perf_counter()
         runs[method] = train(preference_config(s, paths, method, paths["pairs"], len(kept)), os.path.join(workdir, method))
         times[f"preference_{method}"] = round(time.perf_counter() - t0, 1)
-    done("preference")
+    done("preference", ", ".join(f"{m} {times[f'preference_{m}']} s" for m in METHODS))
 
     stage("evaluation")
     data = base_config(s, paths["tokenizer"]).data
     data.video_root = paths["root"]
-    evals = {}
+    evals, frames = {}, None
     for name, hf in (("sft", paths["sft_hf"]), *((m, runs[m]["hf"]) for m in METHODS)):
         model, interface = eval_lib.load_model(hf, data)
+        frames = interface.frames  # the same frame policy for every model (all from the SFT export)
         evals[name] = eval_lib.evaluate(model, interface, data, paths["heldout_triplets"],
                                         max_new_tokens=s.max_new_tokens)
-    done("evaluation")
-    return report_lib.write_report(workdir, settings=dataclasses.asdict(s), times=times, generation=gen,
-                                   pairs_kept=len(kept), pairs_generated=len(rows), evals=evals)
+    done("evaluation", ", ".join(f"{name} {e['correct']}/{e['total']}" for name, e in evals.items()))
+
+    stage("report")
+    results = findings.DemoResults(
+        settings=dataclasses.asdict(s), corpus_counts=paths["counts"], shapes=config_shapes(s, paths),
+        backdrop={"demo": corpus_lib.normalised_backdrop(corpus_lib.BACKGROUND, frames.mean, frames.std),
+                  "synthetic_default": corpus_lib.normalised_backdrop(synthetic.BACKGROUND, frames.mean, frames.std)},
+        times=times, generation=gen, pairs_by_kind=findings.pairs_by_kind(rows, _read_jsonl(paths["train_triplets"])),
+        evals=evals)
+    summary = report_lib.write_report(workdir, results)
+    done("report", os.path.join(workdir, "demo_report.md"))
+    return summary
+
+
+def config_shapes(s: Settings, paths: Dict) -> Dict[str, int]:
+    """The static text shapes the stages' configs use (what "What mattered" quotes)."""
+    sft, pref = sft_config(s, paths).data, base_config(s, paths["tokenizer"]).data
+    return {"sft_prompt_text_tokens": int(sft.max_prompt_text_tokens),
+            "prompt_text_tokens": int(pref.max_prompt_text_tokens), "response_tokens": int(pref.max_response_tokens)}

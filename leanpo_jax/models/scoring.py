@@ -4,7 +4,8 @@
     score_pairs(model, pipeline)              # every record of a pipeline, by record index
 
 Both go through `models.logps.pair_logps` (the shared prefix by default), so a score equals the
-log-probs the train step differentiates, token for token.
+log-probs the train step differentiates, token for token. Responses of a row with the same ids
+(a pair whose chosen equals its rejected) get one score, bit for bit: `tie_identical`.
 """
 
 from __future__ import annotations
@@ -29,15 +30,46 @@ def _names(batch) -> Tuple[str, ...]:
     return names
 
 
+def same_response(batch: Dict, first: str, second: str) -> jax.Array:
+    """[B] bool: row b's responses `first` and `second` have the same mask and the same ids
+    wherever that mask is set (padding ids never matter). Widths may differ."""
+    ids = [jnp.asarray(batch[f"{n}_ids"]) for n in (first, second)]
+    masks = [jnp.asarray(batch[f"{n}_mask"]).astype(bool) for n in (first, second)]
+    width = max(x.shape[1] for x in ids)
+
+    def pad(x):
+        return jnp.pad(x, ((0, 0), (0, width - x.shape[1])))
+
+    (ids_a, ids_b), (mask_a, mask_b) = [pad(x) for x in ids], [pad(x) for x in masks]
+    return jnp.all(mask_a == mask_b, axis=1) & jnp.all(~mask_a | (ids_a == ids_b), axis=1)
+
+
+def tie_identical(scores: Dict[str, jax.Array], batch: Dict, names: Tuple[str, ...]) -> Dict[str, jax.Array]:
+    """`scores` ({name}, {name}_tokens per response) with each response that repeats an earlier
+    one of its row (same_response; order: `names`) given that earlier one's values.
+
+    Why: the shared layout scores the two sides at different offsets of one packed pass, so
+    the same text came out a few ulps apart (up to ~1e-7 relative) and "winner > loser" on
+    identical pairs was a coin toss. One text, one score."""
+    scores = dict(scores)
+    for j, later in enumerate(names):
+        for earlier in reversed(names[:j]):  # the first response of the row with these ids wins
+            same = same_response(batch, earlier, later)
+            for suffix in ("", "_tokens"):
+                scores[later + suffix] = jnp.where(same, scores[earlier + suffix], scores[later + suffix])
+    return scores
+
+
 def avg_logps(model, batch: Dict, *, layout: str = "shared", chunk_size: int = 128) -> Dict[str, jax.Array]:
     """-> for each response in the batch (chosen, rejected, answer: those present): `name` = Σ_j log π(y_j)
     [B], `name_avg` = that sum / |y| [B], `name_tokens` = |y| [B]. Frames may be uint8 (they
-    are normalised with the model's mean/std here). No gradient flows."""
+    are normalised with the model's mean/std here). No gradient flows. Two responses of a row
+    with the same ids get bit-identical values (`tie_identical`)."""
     batch = normalize_batch(batch, model.config)
     names = _names(batch)
     out = pair_logps(model, jax.lax.stop_gradient(batch), layout=layout,
-                              chunk_size=chunk_size, names=names)
-    out = {k: jax.lax.stop_gradient(v) for k, v in out.items()}
+                     chunk_size=chunk_size, names=names)
+    out = tie_identical({k: jax.lax.stop_gradient(v) for k, v in out.items()}, batch, names)
     for n in names:
         out[f"{n}_avg"] = losses.average_logps(out[n], out[f"{n}_tokens"])
     return out
