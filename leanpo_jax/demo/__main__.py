@@ -11,6 +11,10 @@ import time
 
 from absl import app, flags
 
+from leanpo_jax.console import quiet_missing_torch_advice
+
+quiet_missing_torch_advice()  # before anything imports transformers
+
 flags.DEFINE_string("workdir", "demo_out", "Output folder (its demo stages are recreated).")
 flags.DEFINE_bool("fast", False, "Tiny sizes: check that every stage runs (seconds, not the result).")
 

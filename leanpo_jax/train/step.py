@@ -187,10 +187,11 @@ def train_step(state: TrainState, batch, *, model_def: ModelDef, cfg, opt_cfg) -
     one = jnp.ones((), jnp.float32)
     # A step whose pairs were all skipped has no loss to report: count 0, so it is left out of
     # the logged means (and logged as null when a whole window is empty), never a false 0.
-    has_pairs = (global_counts(batch)[0] > 0).astype(jnp.float32)
+    # (!= 0, not > 0: a NaN pair weight must still report its NaN loss.)
+    has_pairs = (global_counts(batch)[0] != 0).astype(jnp.float32)
     metrics = dict(metrics)
-    metrics["loss"] = (loss * has_pairs, has_pairs)  # global denominators: the summed micro-losses
-    metrics["optim/grad_norm"] = (optax.tree.norm(grads) * has_pairs, has_pairs)
+    metrics["loss"] = (loss, has_pairs)  # global denominators: the summed micro-losses are the loss
+    metrics["optim/grad_norm"] = (optax.tree.norm(grads), has_pairs)
     metrics["steps/empty"] = (1.0 - has_pairs, one)
     metrics["optim/lr"] = (make_schedule(opt_cfg)(state.step), one)
     metrics["optim/skipped"] = (consecutive.astype(jnp.float32), one)
