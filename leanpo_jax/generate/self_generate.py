@@ -191,6 +191,7 @@ class SelfGenerator:
 
     def _score(self, items: List[Dict]) -> List[Dict]:
         """Average log-probs of chosen, rejected and the GT under the model, as training sees them."""
+        self._ensure_model()
         d = self.config.data
         n = self.interface.video_tokens(self.score_frames)
         names = ("chosen", "rejected", "answer")
