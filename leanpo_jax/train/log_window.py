@@ -18,7 +18,6 @@ from __future__ import annotations
 from typing import Dict, Optional
 
 import jax
-import numpy as np
 
 from leanpo_jax import losses
 
@@ -54,12 +53,11 @@ class LogWindow:
     def row(self, peak_tflops: Optional[float], num_devices: int) -> Dict[str, Optional[float]]:
         """The window's metrics (fetched now), throughput and MFU (None without a peak)."""
         sums, last = jax.device_get((self._sums, self._last))
-        row: Dict[str, Optional[float]] = {}
-        for name, (total, count) in sums.items():
-            if name == EMPTY_STEPS_KEY:
-                continue
-            # float32 as losses.reduce_metrics divides; None (not 0) where nothing was counted.
-            row[name] = float(np.float32(total) / np.float32(count)) if float(count) > 0 else None
+        means = losses.reduce_metrics(sums)
+        # None (not reduce_metrics' 0) where nothing was counted.
+        row: Dict[str, Optional[float]] = {
+            name: float(means[name]) if float(count) > 0 else None
+            for name, (_, count) in sums.items() if name != EMPTY_STEPS_KEY}
         for name in LAST_STEP_KEYS:
             row[name] = float(last[name][0])
         row["empty_steps"] = int(round(float(sums[EMPTY_STEPS_KEY][0]))) if EMPTY_STEPS_KEY in sums else 0
