@@ -39,14 +39,17 @@ class KVCache(NamedTuple):
     position: jax.Array  # [B] int32: RoPE position of the next token
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotate-half RoPE: x*cos(p*w) + rotate_half(x)*sin(p*w), w_j = theta^(-2j/hd).
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, linear_factor: float = 1.0) -> jax.Array:
+    """Rotate-half RoPE: x*cos(p*w) + rotate_half(x)*sin(p*w), w_j = theta^(-2j/hd) / linear_factor
+    (linear scaling: p / factor, as HF's "linear" rope_type divides inv_freq by the factor).
 
     x [B, T, heads, hd], positions [B, T] integers. Angles are formed in f32 from the integer
     positions (bf16 angles are useless beyond a few hundred tokens); the result has x's dtype.
     """
     hd = x.shape[-1]
     inv_freq = 1.0 / (jnp.float32(theta) ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
+    if linear_factor != 1.0:
+        inv_freq = inv_freq / jnp.float32(linear_factor)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]

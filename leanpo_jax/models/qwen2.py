@@ -190,7 +190,8 @@ class Qwen2(nnx.Module):
         v = jnp.einsum("btd,dnh->btnh", h, p["v_kernel"])
         if c.attention_bias:
             q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-        q, k = apply_rope(q, positions, c.rope_theta), apply_rope(k, positions, c.rope_theta)
+        q = apply_rope(q, positions, c.rope_theta, c.rope_linear_factor)
+        k = apply_rope(k, positions, c.rope_theta, c.rope_linear_factor)
         if prompt_len is not None:
             # Prompt rows causally among themselves (the fused kernel, no mask); response rows
             # over every key with the block mask. QKV/O/MLP stay one matmul each for both.

@@ -22,6 +22,9 @@ class TextConfig:
     attention_bias: bool = True  # Qwen2: q/k/v bias; Llama: none
     tie_word_embeddings: bool = True
     max_position_embeddings: int = 32768
+    # Linear RoPE scaling (rope_type "linear"): positions are divided by this factor before the
+    # angles are formed (LLaVA-NeXT-Video's Vicuna: 2.0). 1.0 = plain RoPE.
+    rope_linear_factor: float = 1.0
 
     @property
     def resolved_head_dim(self) -> int:

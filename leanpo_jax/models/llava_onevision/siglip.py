@@ -51,87 +51,19 @@ layers with index >= L (e.g. SigLIP's 27th) and the attention-pool `head` are no
 
 from __future__ import annotations
 
-import functools
-from typing import Optional
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leanpo_jax.models.attention import attend
-from leanpo_jax.models.llava_onevision.config import VideoLLMConfig
 from leanpo_jax.models.hf_tables import (
-    HFTensor, export_hf_tensors, identity, linear_entries, load_hf_tensors, norm_entries,
+    HFTensor, export_hf_tensors, identity, load_hf_tensors, norm_entries,
 )
+from leanpo_jax.models.llava_onevision.config import VideoLLMConfig
 from leanpo_jax.models.params import Dense, LayerNormParams, logical_param, normal_init
-
-def layer_norm(x: jax.Array, scale, bias, eps: float) -> jax.Array:
-    """(x - mean) / sqrt(var + eps) * scale + bias, statistics in float32; returns x.dtype."""
-    x32 = x.astype(jnp.float32)
-    mean = jnp.mean(x32, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(x.dtype)
-
-
-# ------------------------------------------------------------------------------------------
-# The tower
-# ------------------------------------------------------------------------------------------
-
-
-class SiglipEncoderLayers(nnx.Module):
-    """All encoder blocks, every parameter stacked on a leading `layers` axis (see module doc)."""
-
-    def __init__(self, config: VideoLLMConfig, *, rngs: nnx.Rngs):
-        v = config.vision
-        L, D, H, hd, M = v.num_layers, v.hidden_size, v.num_heads, v.head_dim, v.intermediate_size
-        if H * hd != D:
-            raise ValueError(f"hidden_size {D} is not divisible by num_heads {H}")
-        pd = jnp.dtype(config.param_dtype)
-        dense = functools.partial(Dense, param_dtype=pd, rngs=rngs)
-        ln_axes = ("layers", "vision_embed")
-        self.layer_norm1 = LayerNormParams((L, D), ln_axes, param_dtype=pd)
-        qkv_axes = ("layers", "vision_embed", "vision_heads", "vision_head_dim")
-        qkv_bias_axes = ("layers", "vision_heads", "vision_head_dim")
-        self.q_proj = dense((L, D, H, hd), qkv_axes, (L, H, hd), qkv_bias_axes, fan_in=D)
-        self.k_proj = dense((L, D, H, hd), qkv_axes, (L, H, hd), qkv_bias_axes, fan_in=D)
-        self.v_proj = dense((L, D, H, hd), qkv_axes, (L, H, hd), qkv_bias_axes, fan_in=D)
-        self.out_proj = dense((L, H, hd, D), ("layers", "vision_heads", "vision_head_dim",
-                                              "vision_embed"), (L, D), ln_axes, fan_in=D)
-        self.layer_norm2 = LayerNormParams((L, D), ln_axes, param_dtype=pd)
-        self.fc1 = dense((L, D, M), ("layers", "vision_embed", "vision_mlp"), (L, M),
-                         ("layers", "vision_mlp"), fan_in=D)
-        self.fc2 = dense((L, M, D), ("layers", "vision_mlp", "vision_embed"), (L, D), ln_axes,
-                         fan_in=M)
-
-    def stacked(self) -> dict:
-        """The parameters as a flat dict of `[L, ...]` arrays (what `lax.scan` iterates over)."""
-        out = {}
-        for name in ("layer_norm1", "layer_norm2"):
-            mod = getattr(self, name)
-            out[f"{name}.scale"], out[f"{name}.bias"] = mod.scale[...], mod.bias[...]
-        for name in ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"):
-            mod = getattr(self, name)
-            out[f"{name}.kernel"], out[f"{name}.bias"] = mod.kernel[...], mod.bias[...]
-        return out
-
-
-def encoder_layer(x: jax.Array, p: dict, *, eps: float, implementation: Optional[str]) -> jax.Array:
-    """One pre-LN block on x [B, T, D] with one layer's parameters `p` (names as `stacked()`)."""
-    dt = x.dtype
-    w = {k: v if "layer_norm" in k else v.astype(dt) for k, v in p.items()}
-    h = layer_norm(x, w["layer_norm1.scale"], w["layer_norm1.bias"], eps)
-    q = jnp.einsum("btd,dnh->btnh", h, w["q_proj.kernel"]) + w["q_proj.bias"]
-    k = jnp.einsum("btd,dnh->btnh", h, w["k_proj.kernel"]) + w["k_proj.bias"]
-    v = jnp.einsum("btd,dnh->btnh", h, w["v_proj.kernel"]) + w["v_proj.bias"]
-    # Non-causal, scale head_dim**-0.5 (the default); softmax runs in f32 inside the XLA path.
-    # Through `attend`: cuDNN's differentiated kernels need even lengths (729 patches is odd).
-    a = attend(q, k, v, None, implementation, causal=False)
-    x = x + jnp.einsum("btnh,nhd->btd", a, w["out_proj.kernel"]) + w["out_proj.bias"]
-    h = layer_norm(x, w["layer_norm2.scale"], w["layer_norm2.bias"], eps)
-    # SigLIP's MLP uses gelu_pytorch_tanh, i.e. the tanh approximation (unlike the projector).
-    h = jax.nn.gelu(h @ w["fc1.kernel"] + w["fc1.bias"], approximate=True)
-    return x + h @ w["fc2.kernel"] + w["fc2.bias"]
+from leanpo_jax.models.vision_blocks import (  # noqa: F401  (layer_norm: part of this module's API)
+    ViTLayers, layer_norm, run_vit_layers, vit_layers_hf_table,
+)
 
 
 class SiglipVisionTower(nnx.Module):
@@ -146,7 +78,7 @@ class SiglipVisionTower(nnx.Module):
                                  ("vision_embed",), fan_in=p * p * C, param_dtype=pd, rngs=rngs)
         self.position_embedding = logical_param(
             normal_init(rngs, (v.num_patches, D), D**-0.5, pd), (None, "vision_embed"))
-        self.layers = SiglipEncoderLayers(config, rngs=rngs)
+        self.layers = ViTLayers(v.num_layers, D, v.num_heads, v.intermediate_size, param_dtype=pd, rngs=rngs)
         self.post_layernorm = LayerNormParams((D,), ("vision_embed",), param_dtype=pd)
 
     def embed(self, pixels: jax.Array) -> jax.Array:
@@ -168,12 +100,9 @@ class SiglipVisionTower(nnx.Module):
     def __call__(self, pixels: jax.Array) -> jax.Array:
         lead = pixels.shape[:-3]
         x = self.embed(pixels.reshape((-1,) + pixels.shape[-3:]))
-        block = functools.partial(encoder_layer, eps=self.config.vision.layer_norm_eps,
-                                  implementation=self.config.attention_impl)
-        if self.config.remat:
-            # Per-layer rematerialisation: only each block's input is saved for the backward.
-            block = jax.checkpoint(block, prevent_cse=False)
-        x, _ = jax.lax.scan(lambda h, p: (block(h, p), None), x, self.layers.stacked())
+        # SigLIP's MLP uses gelu_pytorch_tanh, i.e. the tanh approximation (unlike the projector).
+        x = run_vit_layers(x, self.layers, eps=self.config.vision.layer_norm_eps, activation="gelu_tanh",
+                           implementation=self.config.attention_impl, remat=self.config.remat)
         return x.reshape(lead + x.shape[1:])
 
 
@@ -193,17 +122,7 @@ def siglip_hf_table(config: VideoLLMConfig, prefix: str = "vision_model.") -> li
         HFTensor(e + "patch_embedding.bias", ("patch_embed", "bias"), None, identity, identity),
         HFTensor(e + "position_embedding.weight", ("position_embedding",), None, identity, identity),
     ]
-    for i in range(v.num_layers):
-        hl = f"{prefix}encoder.layers.{i}."
-        table += norm_entries(hl + "layer_norm1", ("layers", "layer_norm1"), i)
-        for name in ("q_proj", "k_proj", "v_proj"):
-            table += linear_entries(hl + "self_attn." + name, ("layers", name), i,
-                                    out_shape=(H, hd))
-        table += linear_entries(hl + "self_attn.out_proj", ("layers", "out_proj"), i,
-                                in_shape=(H, hd))
-        table += norm_entries(hl + "layer_norm2", ("layers", "layer_norm2"), i)
-        table += linear_entries(hl + "mlp.fc1", ("layers", "fc1"), i)
-        table += linear_entries(hl + "mlp.fc2", ("layers", "fc2"), i)
+    table += vit_layers_hf_table(prefix, ("layers",), v.num_layers, H, hd)
     table += norm_entries(prefix + "post_layernorm", ("post_layernorm",))
     return table
 
