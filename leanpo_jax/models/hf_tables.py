@@ -8,12 +8,15 @@ weight [out, in] <-> kernel [in, out], optional head splits). Loading and export
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from leanpo_jax.models.qwen2 import flax_to_hf, hf_names, hf_to_flax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,3 +115,105 @@ def export_hf_tensors(module: nnx.Module, table: list, dtype=None) -> dict:
         arr = e.to_hf(arr)
         out[e.hf_key] = np.ascontiguousarray(arr if dtype is None else arr.astype(dtype))
     return out
+
+
+# ------------------------------------------------------------------------ whole-model tables
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One checkpoint tensor of a whole model: the Param path from the model root, its index on
+    a stacked `layers` axis (None: not stacked), its canonical HF name and the transforms
+    (to_flax(hf array, one slice's shape) -> our layout; to_hf(our slice) -> HF layout)."""
+
+    path: tuple
+    layer: Optional[int]
+    name: str
+    to_flax: Callable
+    to_hf: Callable
+
+
+def text_entries(text_config, *, prefix: str, lm_head_key: str, root: tuple = ("language_model",)) -> list:
+    """ModelEntries of a Qwen2 / Llama decoder under `root` (HF names from `qwen2.hf_names`)."""
+    out = []
+    for path, (keys, kind) in hf_names(text_config, prefix=prefix, lm_head_key=lm_head_key).items():
+        to_flax, to_hf = functools.partial(hf_to_flax, kind), functools.partial(flax_to_hf, kind)
+        pairs = enumerate(keys) if isinstance(keys, list) else [(None, keys)]
+        out += [ModelEntry(root + path, i, k, to_flax, to_hf) for i, k in pairs]
+    return out
+
+
+def component_entries(root: tuple, table: list) -> list:
+    """ModelEntries of a component's HFTensor table (its paths relative to `root`)."""
+    return [ModelEntry(root + e.path, e.layer, e.hf_key, lambda a, shape, f=e.to_flax: f(a), e.to_hf)
+            for e in table]
+
+
+def group_by_path(table: list) -> dict:
+    """{param path: [its entries]} in table order (a stacked param has one entry per layer)."""
+    groups: dict = {}
+    for e in table:
+        groups.setdefault(e.path, []).append(e)
+    return groups
+
+
+def load_entries(model: nnx.Module, table: list, read: Callable, file_key: Callable, *,
+                 target=None, where: str = "checkpoint") -> None:
+    """Fills every Param of an abstractly built `model` from `read(canonical name)` (numpy-like),
+    one parameter at a time (a stacked one in one preallocated buffer). `target`: a numpy
+    dtype every floating tensor is cast to (None: kept). `file_key(name)`: the name in the file,
+    for errors. Raises naming the tensor whose shape does not fit."""
+    for path, entries in group_by_path(table).items():
+        var, buf = get_param(model, path), None
+        full = tuple(var.shape)
+        for e in entries:
+            shape = full if e.layer is None else full[1:]
+            raw = read(e.name)
+            try:
+                arr = np.asarray(e.to_flax(raw, shape))
+            except ValueError:  # a reshape to the model's shape failed
+                arr = None
+            if arr is None or arr.shape != shape:
+                raise ValueError(f"{where}: tensor {file_key(e.name)!r} has shape {list(raw.shape)}, "
+                                 f"which does not fit parameter {'.'.join(path)} {list(full)}")
+            if e.layer is None:
+                buf = cast_floating(arr, target)
+            else:
+                if buf is None:  # one preallocated stack: no per-layer copies kept around
+                    buf = np.empty(full, target or arr.dtype)
+                buf[e.layer] = arr
+        var.set_value(jnp.asarray(buf))
+        del buf
+
+
+def cast_floating(a: np.ndarray, target) -> np.ndarray:
+    """`a` cast to `target` when it is a floating array (bf16 included) and target is set."""
+    return a.astype(target) if target is not None and jnp.issubdtype(a.dtype, jnp.floating) else a
+
+
+def export_specs(model: nnx.Module, table: list, extras: dict) -> list:
+    """[(hf name, numpy dtype, HF shape)] of every tensor `export_arrays` yields, in order."""
+    specs = []
+    for path, entries in group_by_path(table).items():
+        var = get_param(model, path)
+        dt, full = np.dtype(var.dtype), tuple(var.shape)
+        for e in entries:
+            # A zero-stride stand-in gives the HF shape without touching memory.
+            probe = np.broadcast_to(np.zeros((), dt), full if e.layer is None else full[1:])
+            specs.append((e.name, dt, e.to_hf(probe).shape))
+    return specs + [(n, np.dtype(v.dtype), tuple(v.shape)) for n, v in extras.items()]
+
+
+def export_arrays(model: nnx.Module, table: list, extras: dict):
+    """Yields every tensor in HF layout in `export_specs` order, one parameter on the host at a time."""
+    for path, entries in group_by_path(table).items():
+        host = np.asarray(jax.device_get(get_param(model, path).get_value()))
+        for e in entries:
+            yield np.ascontiguousarray(e.to_hf(host if e.layer is None else host[e.layer]))
+        del host
+    for v in extras.values():
+        yield np.asarray(jax.device_get(v))
+
+
+def unloaded_params(model: nnx.Module) -> list:
+    """Paths of Params still abstract after a load (a loader bug when non-empty)."""
+    return [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+            if isinstance(x, jax.ShapeDtypeStruct)]

@@ -6,13 +6,12 @@ Presets describe shapes only; weights come from `load_hf` or a seeded random ini
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Optional
 
 from leanpo_jax.models.text_config import TextConfig
+from leanpo_jax.models.video_pooling import NEWLINE_LAYOUTS, pooled_side, tokens_with_newlines
 
 POOL_MODES = ("bilinear", "average", "none")
-NEWLINE_LAYOUTS = ("grid", "one_token", "frame", "no_token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,12 +78,7 @@ class VideoLLMConfig:
 
 def pooled_grid(config: VideoLLMConfig) -> int:
     """Tokens per side of one frame after pooling (27 -> 14 bilinear, 13 average)."""
-    n = config.vision.grid_size
-    if config.pool_mode == "bilinear":
-        return math.ceil(n / 2)
-    if config.pool_mode == "average":
-        return n // 2
-    return n
+    return pooled_side(config.vision.grid_size, config.pool_mode)
 
 
 def num_video_tokens(config: VideoLLMConfig, num_frames: Optional[int] = None) -> int:
@@ -92,15 +86,7 @@ def num_video_tokens(config: VideoLLMConfig, num_frames: Optional[int] = None) -
     if config.vision is None:
         raise ValueError("this model has no vision tower (text-only config): it takes no video")
     frames = config.num_frames if num_frames is None else int(num_frames)
-    side = pooled_grid(config)
-    per_frame = side * side
-    if config.newline == "grid":
-        return frames * side * (side + 1)
-    if config.newline == "frame":
-        return frames * (per_frame + 1)
-    if config.newline == "one_token":
-        return frames * per_frame + 1
-    return frames * per_frame
+    return tokens_with_newlines(frames, pooled_grid(config), config.newline)
 
 
 _SIGLIP_SO400M = VisionConfig()

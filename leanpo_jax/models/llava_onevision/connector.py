@@ -32,8 +32,6 @@ The projector's hidden width is named `mlp` so tensor parallelism shards it like
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,52 +40,7 @@ from flax import nnx
 from leanpo_jax.models.llava_onevision.config import VideoLLMConfig, num_video_tokens, pooled_grid
 from leanpo_jax.models.hf_tables import HFTensor, export_hf_tensors, linear_entries, load_hf_tensors
 from leanpo_jax.models.params import Dense, logical_param
-
-
-def pool_frames(x: jax.Array, mode: str) -> jax.Array:
-    """Per-frame 2-D pooling of square token grids: [..., g*g, D] -> [..., s*s, D].
-
-    s = ceil(g/2) (bilinear), floor(g/2) (average) or g (none). Computed in float32.
-    """
-    *lead, n, d = x.shape
-    g = math.isqrt(n)
-    if g * g != n:
-        raise ValueError(f"{n} tokens per frame is not a square grid")
-    if mode == "none":
-        return x
-    frames = x.reshape((-1, g, g, d)).astype(jnp.float32)
-    if mode == "bilinear":
-        s = math.ceil(g / 2)
-        # antialias=False: the default antialias=True blurs on downsampling and differs from
-        # torch; jax's half-pixel sample positions match align_corners=False.
-        out = jax.image.resize(frames, (frames.shape[0], s, s, d), method="bilinear",
-                               antialias=False)
-    elif mode == "average":
-        s = g // 2
-        out = frames[:, : 2 * s, : 2 * s].reshape(-1, s, 2, s, 2, d).mean(axis=(2, 4))
-    else:
-        raise ValueError(f"unknown pool mode {mode!r}")
-    return out.reshape(tuple(lead) + (s * s, d)).astype(x.dtype)
-
-
-def insert_newlines(x: jax.Array, newline: jax.Array, layout: str) -> jax.Array:
-    """Flattens per-frame grids x [B, F, s*s, D] into [B, N, D], adding `newline` [D] per layout."""
-    b, f, n, d = x.shape
-    s = math.isqrt(n)
-    nl = newline.astype(x.dtype)
-    if layout == "grid":
-        rows = x.reshape(b, f, s, s, d)
-        rows = jnp.concatenate([rows, jnp.broadcast_to(nl, (b, f, s, 1, d))], axis=3)
-        return rows.reshape(b, f * s * (s + 1), d)
-    if layout == "frame":
-        x = jnp.concatenate([x, jnp.broadcast_to(nl, (b, f, 1, d))], axis=2)
-        return x.reshape(b, f * (n + 1), d)
-    flat = x.reshape(b, f * n, d)
-    if layout == "one_token":
-        return jnp.concatenate([flat, jnp.broadcast_to(nl, (b, 1, d))], axis=1)
-    if layout == "no_token":
-        return flat
-    raise ValueError(f"unknown newline layout {layout!r}")
+from leanpo_jax.models.video_pooling import insert_newlines, pool_frames  # noqa: F401  (module API)
 
 
 class VideoConnector(nnx.Module):

@@ -28,12 +28,11 @@ vocab_size taken from the embedding's rows. A config.json we wrote carries a "le
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import re
 import warnings
-from typing import Callable, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +45,10 @@ from leanpo_jax.models.llava_onevision.connector import connector_hf_table
 from leanpo_jax.models.llava_onevision.hf_config import config_from_hf, hf_config_dict
 from leanpo_jax.models.llava_onevision.model import VideoLLM
 from leanpo_jax.models.llava_onevision.siglip import siglip_hf_table
-from leanpo_jax.models.qwen2 import flax_to_hf, hf_names, hf_to_flax
+from leanpo_jax.models.hf_tables import (
+    cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
+    unloaded_params,
+)
 from leanpo_jax.models.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
 )
@@ -139,44 +141,15 @@ def _extra_vision_layers(names, used: int) -> int:
 
 
 # ----------------------------------------------------------------------------- parameter table
-@dataclasses.dataclass(frozen=True)
-class _Entry:
-    path: tuple  # attribute path inside VideoLLM
-    layer: Optional[int]  # index on the stacked `layers` axis, None when not stacked
-    name: str  # canonical HF name
-    to_flax: Callable  # (hf array, one slice's shape) -> our layout
-    to_hf: Callable
-
-
 def _table(config: VideoLLMConfig) -> list:
-    """Every parameter of the model as canonical HF tensors."""
+    """Every parameter of the model as canonical HF tensors (hf_tables.ModelEntry)."""
     text_only = config.vision is None
-    names = hf_names(config.text, prefix="model." if text_only else _LM,
-                     lm_head_key=_TEXT_HEAD if text_only else _LM_HEAD)
-    out = []
-    for path, (keys, kind) in names.items():
-        to_flax, to_hf = functools.partial(hf_to_flax, kind), functools.partial(flax_to_hf, kind)
-        pairs = enumerate(keys) if isinstance(keys, list) else [(None, keys)]
-        out += [_Entry(("language_model",) + path, i, k, to_flax, to_hf) for i, k in pairs]
+    out = text_entries(config.text, prefix="model." if text_only else _LM,
+                       lm_head_key=_TEXT_HEAD if text_only else _LM_HEAD)
     if not text_only:
-        for root, table in (("vision_tower", siglip_hf_table(config, _VT)),
-                            ("connector", connector_hf_table(config, ""))):
-            out += [_Entry((root,) + e.path, e.layer, e.hf_key,
-                           lambda a, shape, f=e.to_flax: f(a), e.to_hf) for e in table]
+        out += component_entries(("vision_tower",), siglip_hf_table(config, _VT))
+        out += component_entries(("connector",), connector_hf_table(config, ""))
     return out
-
-
-def _groups(table) -> dict:
-    groups = {}
-    for e in table:
-        groups.setdefault(e.path, []).append(e)
-    return groups
-
-
-def _variable(model, path) -> nnx.Variable:
-    for name in path:
-        model = getattr(model, name)
-    return model
 
 
 # --------------------------------------------------------------------------------------- load
@@ -259,43 +232,17 @@ def load_hf(path, *, config: Optional[VideoLLMConfig] = None, dtype=None) -> Vid
     dt = (target or np.dtype(ckpt.info(names[emb_name])[0])).name
     model = nnx.eval_shape(lambda: VideoLLM(config.replace(dtype=dt, param_dtype=dt), rngs=nnx.Rngs(0)))
 
-    def cast(a):
-        floating = jnp.issubdtype(a.dtype, jnp.floating)
-        return a.astype(target) if target is not None and floating else a
-
-    for path_, entries in _groups(table).items():
-        var, buf = _variable(model, path_), None
-        full = tuple(var.shape)
-        for e in entries:
-            shape = full if e.layer is None else full[1:]
-            raw = ckpt[names[e.name]]
-            try:
-                arr = np.asarray(e.to_flax(raw, shape))
-            except ValueError:  # a reshape to the model's shape failed
-                arr = None
-            if arr is None or arr.shape != shape:
-                raise ValueError(f"{path}: tensor {names[e.name]!r} has shape {list(raw.shape)}, "
-                                 f"which does not fit parameter {'.'.join(path_)} {list(full)}")
-            if e.layer is None:
-                buf = cast(arr)
-            else:
-                if buf is None:  # one preallocated stack: no per-layer copies kept around
-                    buf = np.empty(full, target or arr.dtype)
-                buf[e.layer] = arr
-        var.set_value(jnp.asarray(buf))
-        del buf
-    extra_values = {n: jnp.asarray(cast(ckpt[names[n]])) for n in extras}
+    load_entries(model, table, lambda n: ckpt[names[n]], names.get, target=target, where=path)
+    extra_values = {n: jnp.asarray(cast_floating(np.asarray(ckpt[names[n]]), target)) for n in extras}
     if tied_head is not None:
         embedding = np.asarray(jax.device_get(model.language_model.embed_tokens.get_value()))
-        value = cast(np.asarray(ckpt[names[tied_head]]))
+        value = cast_floating(np.asarray(ckpt[names[tied_head]]), target)
         if not np.array_equal(value, embedding):
             raise ValueError(f"{path}: {names[tied_head]!r} differs from the embeddings but the "
                              "config ties them; use a config with tie_word_embeddings=False")
         extra_values[tied_head] = jnp.asarray(value)
     model.hf_extra.set_value(dict(sorted(extra_values.items())))
-    abstract = [jax.tree_util.keystr(p) for p, x in
-                jax.tree_util.tree_leaves_with_path(nnx.state(model))
-                if isinstance(x, jax.ShapeDtypeStruct)]
+    abstract = unloaded_params(model)
     if abstract:
         raise RuntimeError(f"{path}: parameters left unloaded (a loader bug): {abstract}")
     return model
@@ -311,7 +258,6 @@ def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHAR
     out_dir = os.fspath(out_dir)
     config = model.config if video_token is None else model.config.replace(video_token=video_token)
     table = _table(config)
-    groups = _groups(table)
     extras = dict(model.hf_extra.get_value() or {})
     clash = sorted(set(extras) & {e.name for e in table})
     if clash:
@@ -321,30 +267,12 @@ def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHAR
         warnings.warn(f"pool_mode={layouts[0]!r} / newline={layouts[1]!r}: transformers' "
                       "LlavaOnevision class pools bilinearly with one newline token, so it will "
                       "embed videos differently; load_hf restores these settings exactly")
-    specs = []
-    for path_, entries in groups.items():
-        var = _variable(model, path_)
-        dt, full = np.dtype(var.dtype), tuple(var.shape)
-        for e in entries:
-            # A zero-stride stand-in gives the HF shape without touching memory.
-            probe = np.broadcast_to(np.zeros((), dt), full if e.layer is None else full[1:])
-            specs.append((e.name, dt, e.to_hf(probe).shape))
-    specs += [(n, np.dtype(v.dtype), tuple(v.shape)) for n, v in extras.items()]
-
-    def arrays():  # one parameter on the host at a time
-        for path_, entries in groups.items():
-            host = np.asarray(jax.device_get(_variable(model, path_).get_value()))
-            for e in entries:
-                yield np.ascontiguousarray(e.to_hf(host if e.layer is None else host[e.layer]))
-            del host
-        for v in extras.values():
-            yield np.asarray(jax.device_get(v))
-
+    specs = export_specs(model, table, extras)
     os.makedirs(out_dir, exist_ok=True)
     for fn in os.listdir(out_dir):
         if fn in (SINGLE_FILE, INDEX_FILE) or _SHARD.fullmatch(fn):
             os.remove(os.path.join(out_dir, fn))
-    write_checkpoint(out_dir, specs, arrays(), max_shard_bytes=max_shard_bytes,
+    write_checkpoint(out_dir, specs, export_arrays(model, table, extras), max_shard_bytes=max_shard_bytes,
                      metadata={"format": "pt"})
     used = 0 if config.vision is None else config.vision.num_layers
     hf = hf_config_dict(config, extra_vision_layers=_extra_vision_layers(extras, used),
