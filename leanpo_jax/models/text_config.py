@@ -29,3 +29,69 @@ class TextConfig:
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+
+ROPE_TYPES = ("default", "linear")
+
+
+def rope_from_hf(rope: Optional[dict], where: str) -> float:
+    """The linear factor of an HF rope dict (`rope_parameters` or legacy `rope_scaling`, with
+    `rope_type` or legacy `type`): 1.0 for default RoPE; any other type is refused by name."""
+    rope = dict(rope or {})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"{where}: rope type {kind!r} is not supported (supported: {ROPE_TYPES}); "
+                         "Llama-3 / YaRN / dynamic scaling change the frequencies per band, which "
+                         "this decoder does not implement: use a checkpoint with default or linear RoPE")
+    if kind == "default":
+        return 1.0
+    factor = rope.get("factor")
+    if not isinstance(factor, (int, float)) or factor <= 0:
+        raise ValueError(f"{where}: linear rope scaling needs a positive 'factor', got {factor!r}")
+    return float(factor)
+
+
+def text_config_from_hf(tc, *, tie: bool, outer_rope: Optional[dict] = None,
+                        where: str = "config.json") -> TextConfig:
+    """TextConfig of a transformers Qwen2Config / LlamaConfig. RoPE theta and scaling come
+    from v5 `rope_parameters` (or legacy `rope_theta` / `rope_scaling`); `outer_rope`: a
+    rope dict found outside the text config (some conversions write it at the top level),
+    used when the text config itself has default RoPE."""
+    kind = getattr(tc, "model_type", "")
+    if kind not in ("qwen2", "llama"):
+        raise ValueError(f"{where}: text model_type {kind!r} is not supported (qwen2 or llama)")
+    rope = dict(getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None) or {})
+    theta = rope.get("rope_theta", getattr(tc, "rope_theta", None))
+    factor = rope_from_hf(rope, where + " (text rope_parameters)")
+    if factor == 1.0 and outer_rope:
+        factor = rope_from_hf(outer_rope, where + " (top-level rope_scaling)")
+    if theta is None or getattr(tc, "hidden_act", "silu") != "silu" or getattr(tc, "mlp_bias", False):
+        raise ValueError(f"{where}: unsupported text config: rope_theta {theta}, hidden_act "
+                         f"{getattr(tc, 'hidden_act', None)}, mlp_bias {getattr(tc, 'mlp_bias', None)} "
+                         "(need a rope_theta, silu and no mlp bias)")
+    heads = tc.num_attention_heads
+    head_dim = getattr(tc, "head_dim", None)
+    return TextConfig(
+        vocab_size=tc.vocab_size, hidden_size=tc.hidden_size,
+        intermediate_size=tc.intermediate_size, num_layers=tc.num_hidden_layers, num_heads=heads,
+        num_kv_heads=getattr(tc, "num_key_value_heads", None) or heads,
+        head_dim=None if head_dim in (None, tc.hidden_size // heads) else int(head_dim),
+        rope_theta=float(theta), rms_norm_eps=float(tc.rms_norm_eps),
+        attention_bias=kind == "qwen2" or bool(getattr(tc, "attention_bias", False)),
+        tie_word_embeddings=bool(tie), max_position_embeddings=tc.max_position_embeddings,
+        rope_linear_factor=factor)
+
+
+def hf_text_kwargs(t: TextConfig) -> dict:
+    """Keyword arguments of transformers' Qwen2Config / LlamaConfig for `t` (rope included)."""
+    rope = {"rope_type": "default", "rope_theta": t.rope_theta}
+    if t.rope_linear_factor != 1.0:
+        rope = {"rope_type": "linear", "factor": t.rope_linear_factor, "rope_theta": t.rope_theta}
+    kw = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, hidden_act="silu",
+              intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
+              num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
+              rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
+              tie_word_embeddings=t.tie_word_embeddings, rope_parameters=rope)
+    if t.head_dim is not None:
+        kw["head_dim"] = t.head_dim
+    return kw

@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 from leanpo_jax.models.llava_onevision.config import NEWLINE_LAYOUTS, VideoLLMConfig, VisionConfig
-from leanpo_jax.models.text_config import TextConfig
+from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
 
 # Full google/siglip-so400m-patch14-384; lmms-lab configs name it and select layer -2 -> 26 run.
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
@@ -38,26 +38,7 @@ def is_family_config(d: dict) -> bool:
 
 
 def _text_config(tc, *, tie: bool) -> TextConfig:
-    kind = getattr(tc, "model_type", "")
-    if kind not in ("qwen2", "llama"):
-        raise ValueError(f"text model_type {kind!r} is not supported (qwen2 or llama)")
-    rope = dict(getattr(tc, "rope_parameters", None) or {})
-    theta = rope.get("rope_theta", getattr(tc, "rope_theta", None))
-    if (rope.get("rope_type", "default") != "default" or theta is None
-            or getattr(tc, "hidden_act", "silu") != "silu" or getattr(tc, "mlp_bias", False)):
-        raise ValueError(f"unsupported text config: rope {rope}, hidden_act "
-                         f"{getattr(tc, 'hidden_act', None)}, mlp_bias "
-                         f"{getattr(tc, 'mlp_bias', None)} (need default RoPE, silu, no mlp bias)")
-    heads = tc.num_attention_heads
-    head_dim = getattr(tc, "head_dim", None)
-    return TextConfig(
-        vocab_size=tc.vocab_size, hidden_size=tc.hidden_size,
-        intermediate_size=tc.intermediate_size, num_layers=tc.num_hidden_layers, num_heads=heads,
-        num_kv_heads=getattr(tc, "num_key_value_heads", None) or heads,
-        head_dim=None if head_dim in (None, tc.hidden_size // heads) else int(head_dim),
-        rope_theta=float(theta), rms_norm_eps=float(tc.rms_norm_eps),
-        attention_bias=kind == "qwen2" or bool(getattr(tc, "attention_bias", False)),
-        tie_word_embeddings=bool(tie), max_position_embeddings=tc.max_position_embeddings)
+    return text_config_from_hf(tc, tie=tie)
 
 
 def _vision_config(vc, feature_layer) -> VisionConfig:
@@ -173,14 +154,7 @@ def hf_config_dict(config: VideoLLMConfig, *, extra_vision_layers: int = 0,
     from transformers import LlamaConfig, LlavaOnevisionConfig, Qwen2Config, SiglipVisionConfig
 
     t = config.text
-    kw = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, hidden_act="silu",
-              intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
-              num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
-              rms_norm_eps=t.rms_norm_eps, max_position_embeddings=t.max_position_embeddings,
-              tie_word_embeddings=t.tie_word_embeddings,
-              rope_parameters={"rope_type": "default", "rope_theta": t.rope_theta})
-    if t.head_dim is not None:
-        kw["head_dim"] = t.head_dim
+    kw = hf_text_kwargs(t)
     # Qwen2 is Llama plus q/k/v biases; Llama's attention_bias would also add an o_proj bias.
     text = (Qwen2Config(**kw) if t.attention_bias
             else LlamaConfig(attention_bias=False, mlp_bias=False, **kw))

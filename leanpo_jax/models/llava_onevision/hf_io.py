@@ -49,6 +49,7 @@ from leanpo_jax.models.hf_tables import (
     cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
     unloaded_params,
 )
+from leanpo_jax.models.llava_naming import canonical_names, detect_naming  # noqa: F401  (module API)
 from leanpo_jax.models.safetensors_io import (
     DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
 )
@@ -56,67 +57,11 @@ from leanpo_jax.models.safetensors_io import (
 _LM, _LM_HEAD = "language_model.model.", "language_model.lm_head.weight"
 _VT, _TEXT_HEAD = "vision_tower.vision_model.", "lm_head.weight"
 
-# Source naming -> ordered (pattern, replacement) rules to the canonical llava-hf names; the
-# first rule that matches a key renames it, keys no rule matches keep their name.
-_RULES = {
-    "llava-hf": [(r"^vision_tower\.(?!vision_model\.)", _VT)],
-    "transformers": [
-        (r"^model\.language_model\.", _LM), (r"^lm_head\.", "language_model.lm_head."),
-        (r"^model\.vision_tower\.(vision_model\.)?", _VT),
-        (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
-        (r"^model\.image_newline$", "image_newline")],
-    "lmms-lab": [
-        (r"^model\.vision_tower\.vision_tower\.vision_model\.", _VT),
-        (r"^model\.mm_projector\.0\.", "multi_modal_projector.linear_1."),
-        (r"^model\.mm_projector\.2\.", "multi_modal_projector.linear_2."),
-        (r"^model\.image_newline$", "image_newline"),
-        (r"^model\.(?!vision_tower\.|mm_projector\.)", _LM),
-        (r"^lm_head\.", "language_model.lm_head.")],
-}
-_RULES["causal-lm"] = _RULES["lmms-lab"]
 _VISION_LAYER = re.compile(r"^vision_tower\.vision_model\.encoder\.layers\.(\d+)\.(layer_norm[12]"
                            r"|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.(weight|bias)$")
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 _TENSORS_PER_VISION_LAYER = 16
 _BUFFER = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
-
-
-# ------------------------------------------------------------------------------------- naming
-def detect_naming(keys, where: str = "checkpoint") -> str:
-    """Which of the namings above a set of tensor keys uses (see the module docstring)."""
-    keys = list(keys)
-
-    def has(*prefixes):
-        return any(k.startswith(prefixes) for k in keys)
-
-    if has("language_model.model.", "language_model.lm_head."):
-        return "llava-hf"
-    if has("model.language_model."):
-        return "transformers"
-    if has("model.mm_projector.", "model.vision_tower.vision_tower.", "model.image_newline"):
-        return "lmms-lab"
-    if has("model.embed_tokens.", "model.layers.", "model.norm."):
-        return "causal-lm"
-    raise ValueError(f"{where}: cannot tell the naming from its tensor names (e.g. "
-                     f"{sorted(keys)[:5]}); expected llava-hf (language_model.model.*), "
-                     "transformers (model.language_model.*), lmms-lab or causal-LM (model.*)")
-
-
-def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint") -> dict:
-    """{canonical name: name in the file} for every key."""
-    out = {}
-    for key in keys:
-        name = key
-        for pattern, repl in _RULES[naming]:
-            name, hits = re.subn(pattern, repl, key, count=1)
-            if hits:
-                break
-        if text_only:
-            name = re.sub(r"^language_model\.(?=model\.|lm_head\.)", "", name)
-        if name in out:
-            raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
-        out[name] = key
-    return out
 
 
 def _is_known_extra(name: str, config: VideoLLMConfig) -> bool:

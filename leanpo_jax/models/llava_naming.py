@@ -1,0 +1,78 @@
+"""Tensor namings of LLaVA-style checkpoints and their renaming to the llava-hf hub names.
+
+  llava-hf      language_model.model.*, language_model.lm_head.weight, multi_modal_projector.*,
+                image_newline, vision_tower.vision_model.* (hub) or vision_tower.* (the form
+                transformers 5 save_pretrained writes)
+  transformers  model.language_model.*, model.vision_tower.*, model.multi_modal_projector.*,
+                model.image_newline, lm_head.weight (transformers 5's in-memory names)
+  lmms-lab      model.{embed_tokens,layers,norm}.*, model.mm_projector.{0,2}.*,
+                model.vision_tower.vision_tower.vision_model.*, model.image_newline, lm_head.*
+  causal-lm     model.* and lm_head.weight only (Qwen2 / Llama): a text-only model
+Every family whose checkpoints follow these layouts (LLaVA-OneVision, LLaVA-NeXT-Video) renames
+with `canonical_names(keys, detect_naming(keys))`.
+"""
+
+from __future__ import annotations
+
+import re
+
+LM_PREFIX, LM_HEAD = "language_model.model.", "language_model.lm_head.weight"
+VISION_PREFIX = "vision_tower.vision_model."
+_LM, _VT = LM_PREFIX, VISION_PREFIX
+
+# Source naming -> ordered (pattern, replacement) rules to the canonical llava-hf names; the
+# first rule that matches a key renames it, keys no rule matches keep their name.
+_RULES = {
+    "llava-hf": [(r"^vision_tower\.(?!vision_model\.)", _VT)],
+    "transformers": [
+        (r"^model\.language_model\.", _LM), (r"^lm_head\.", "language_model.lm_head."),
+        (r"^model\.vision_tower\.(vision_model\.)?", _VT),
+        (r"^model\.multi_modal_projector\.", "multi_modal_projector."),
+        (r"^model\.image_newline$", "image_newline")],
+    "lmms-lab": [
+        (r"^model\.vision_tower\.vision_tower\.vision_model\.", _VT),
+        (r"^model\.mm_projector\.0\.", "multi_modal_projector.linear_1."),
+        (r"^model\.mm_projector\.2\.", "multi_modal_projector.linear_2."),
+        (r"^model\.image_newline$", "image_newline"),
+        (r"^model\.(?!vision_tower\.|mm_projector\.)", _LM),
+        (r"^lm_head\.", "language_model.lm_head.")],
+}
+_RULES["causal-lm"] = _RULES["lmms-lab"]
+
+
+# ------------------------------------------------------------------------------------- naming
+def detect_naming(keys, where: str = "checkpoint") -> str:
+    """Which of the namings above a set of tensor keys uses (see the module docstring)."""
+    keys = list(keys)
+
+    def has(*prefixes):
+        return any(k.startswith(prefixes) for k in keys)
+
+    if has("language_model.model.", "language_model.lm_head."):
+        return "llava-hf"
+    if has("model.language_model."):
+        return "transformers"
+    if has("model.mm_projector.", "model.vision_tower.vision_tower.", "model.image_newline"):
+        return "lmms-lab"
+    if has("model.embed_tokens.", "model.layers.", "model.norm."):
+        return "causal-lm"
+    raise ValueError(f"{where}: cannot tell the naming from its tensor names (e.g. "
+                     f"{sorted(keys)[:5]}); expected llava-hf (language_model.model.*), "
+                     "transformers (model.language_model.*), lmms-lab or causal-LM (model.*)")
+
+
+def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint") -> dict:
+    """{canonical name: name in the file} for every key."""
+    out = {}
+    for key in keys:
+        name = key
+        for pattern, repl in _RULES[naming]:
+            name, hits = re.subn(pattern, repl, key, count=1)
+            if hits:
+                break
+        if text_only:
+            name = re.sub(r"^language_model\.(?=model\.|lm_head\.)", "", name)
+        if name in out:
+            raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
+        out[name] = key
+    return out
