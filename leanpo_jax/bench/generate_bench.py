@@ -39,7 +39,7 @@ def run_generate(shape: GenerateShape, *, dtype: str, attention, steps: int, war
     from leanpo_jax.bench.shapes import model_config
     from leanpo_jax.bench.step_bench import token_id_limit
     from leanpo_jax.generate.sampler import Sampler, SamplingConfig
-    from leanpo_jax.models import build_model, num_video_tokens
+    from leanpo_jax.models import build_model, family_of
 
     config = model_config(shape.model).replace(dtype=dtype, attention_impl=resolve_attention(attention))
     model = build_model(config, seed=0)
@@ -47,13 +47,14 @@ def run_generate(shape: GenerateShape, *, dtype: str, attention, steps: int, war
                          vocab_limit=token_id_limit(config))
     sampler = Sampler(model, cfg)
     rng = np.random.default_rng(0)
-    n = num_video_tokens(config, shape.frames)
+    interface = family_of(config).interface(config)  # any family: its placeholder and frame size
+    n = interface.video_tokens(shape.frames)
     prompt_len = n + shape.prompt_text
     ids = rng.integers(1, token_id_limit(config), (shape.batch, prompt_len), dtype=np.int32)
-    ids[:, 10:10 + n] = config.video_token_index
+    ids[:, 10:10 + n] = interface.video_token_index
     mask = np.ones_like(ids)
-    s = config.vision.image_size
-    frames = jax.device_put(rng.uniform(-1, 1, (shape.batch, shape.frames, s, s, 3)).astype(np.float32))
+    h, w = interface.frames.size
+    frames = jax.device_put(rng.uniform(-1, 1, (shape.batch, shape.frames, h, w, 3)).astype(np.float32))
     common = dict(what="generate", name=shape.name, layout="kv-cache", impl="leanpo_jax", dtype=dtype,
                   batch=shape.batch, samples=shape.samples, prompt_len=prompt_len,
                   new_tokens=shape.new_tokens, frames=shape.frames)

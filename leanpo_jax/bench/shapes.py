@@ -5,6 +5,9 @@ Token accounting follows the PyTorch peer: a pair is two sequences of `seq` toke
 which runs each prompt once, therefore reports "naive-equivalent" tokens/s.
 LLM-only shapes put the response in the last `response` positions (seq − response prompt
 tokens); video shapes hold `prompt_text` text tokens plus the video's placeholder tokens.
+A shape names its model by preset (any registered family); the preset is looked up only when
+the shape's config is needed (`StepShape.config`), so a list may name a family that is not
+installed until that row runs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import List
 
-from leanpo_jax.models import TextConfig, VideoLLMConfig, get_preset, num_video_tokens
+from leanpo_jax.models import TextConfig, get_preset, num_video_tokens
 
 _QWEN = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, attention_bias=True)
 TEXT_MODELS = {
@@ -29,9 +32,10 @@ TEXT_MODELS = {
 }
 
 
-def model_config(model: str) -> VideoLLMConfig:
-    """A text-only config for TEXT_MODELS keys; a video preset otherwise ("-8L": 8 LLM layers,
-    "tiny-video": the tiny preset with a 1,000-row vocabulary)."""
+def model_config(model: str):
+    """The family config of a shape's model: a text-only OneVision config for TEXT_MODELS keys,
+    else a preset of any family ("NAME-8L": preset NAME with 8 LLM layers; "tiny-video": the
+    OneVision tiny preset with a 1,000-row vocabulary)."""
     if model in TEXT_MODELS:
         return get_preset("tiny").replace(vision=None, text=TEXT_MODELS[model])
     if model == "tiny-video":
@@ -47,7 +51,7 @@ def model_config(model: str) -> VideoLLMConfig:
 @dataclasses.dataclass(frozen=True)
 class StepShape:
     name: str
-    model: str  # TEXT_MODELS key or a video preset (see model_config)
+    model: str  # TEXT_MODELS key or a preset of any family (see model_config)
     pairs: int
     response: int  # tokens per response (static length)
     remat: bool = False
@@ -59,7 +63,7 @@ class StepShape:
     def is_video(self) -> bool:
         return self.frames > 0
 
-    def config(self) -> VideoLLMConfig:
+    def config(self):
         return model_config(self.model)
 
     def prompt_len(self) -> int:
@@ -81,16 +85,21 @@ FULL_STEP_SHAPES: List[StepShape] = [
     StepShape("llava-ov-qwen2-0.5b 32f", "llava-ov-qwen2-0.5b", pairs=1, frames=32, prompt_text=64, response=256),
     StepShape("llava-video-qwen2-7b-8L 32f remat", "llava-video-qwen2-7b-8L", pairs=1, frames=32,
               prompt_text=64, response=256, remat=True),
+    # LLaVA-NeXT-Video-7B (CLIP-L/336, 144 tokens per frame, Llama-2-7B cut to 8 layers).
+    StepShape("llava-next-video-7b-8L 16f remat", "llava-next-video-7b-8L", pairs=1, frames=16,
+              prompt_text=64, response=256, remat=True),
 ]
 
 TINY_STEP_SHAPES: List[StepShape] = [
     StepShape("tiny-text 2x64", "tiny-text", pairs=2, seq=64, response=16),
     StepShape("tiny-text 1x96 remat", "tiny-text", pairs=1, seq=96, response=16, remat=True),
     StepShape("tiny-video 4f", "tiny-video", pairs=1, frames=4, prompt_text=12, response=8),
+    StepShape("tiny-next-video 4f", "llava-next-video-tiny", pairs=1, frames=4, prompt_text=12, response=8),
 ]
 
 
 def step_shapes(size: str) -> List[StepShape]:
+    """Every shape of `size` (full / tiny), of every family named; none is dropped here."""
     if size not in ("full", "tiny"):
         raise ValueError(f"--size {size!r}: expected full or tiny")
     return FULL_STEP_SHAPES if size == "full" else TINY_STEP_SHAPES

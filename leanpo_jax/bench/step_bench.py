@@ -1,7 +1,7 @@
 """leanpo_jax's real train step (`leanpo_jax.train.step`) on one benchmark shape and layout.
 
 Random weights (seeded), random token ids, uint8 noise frames; the optimiser is the trainer's
-(AdamW + clipping + non-finite skip) and the tower + projector are frozen as in the paper. The
+(AdamW + clipping + non-finite skip) and the tower + connector are frozen as in the paper. The
 row's model FLOPs are those of the layout actually run (`train.flops.step_flops`), so the
 shared layout's MFU counts the prompt once. No grain/av/imageio import on this path: it runs
 from a checkout on machines that lack them.
@@ -17,7 +17,7 @@ import numpy as np
 from leanpo_jax.bench.shapes import StepShape
 from leanpo_jax.bench.timing import median_time, peak_bytes, resolve_attention
 from leanpo_jax.data.batch import make_batch
-from leanpo_jax.models import num_video_tokens
+from leanpo_jax.models import family_of
 from leanpo_jax.train import flops as flops_lib
 
 
@@ -25,13 +25,17 @@ def token_id_limit(config) -> int:
     """Random text ids are drawn below this: under the image/video placeholder ids (a stray
     placeholder would change the video-token count) and the last rows of the vocabulary."""
     limit = config.text.vocab_size - 8
-    if config.vision is not None:
-        limit = min(limit, config.image_token_index, config.video_token_index)
+    video = family_of(config).interface(config).video_token_index
+    if video is not None:
+        # Not every family config has an image placeholder; LLaVA ones put it next to the video's.
+        image = getattr(config, "image_token_index", None)
+        limit = min(limit, video, limit if image is None else image)
     return limit
 
 
 def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
-    """The train step's batch (leanpo_jax.data.batch) for `shape`, full masks."""
+    """The train step's batch (leanpo_jax.data.batch) for `shape`, full masks; frames sized by
+    the family's frame policy, placeholders and their count from its data interface."""
     rng = np.random.default_rng(seed)
     pairs, p, r = shape.pairs, shape.prompt_len(), shape.response
     high = token_id_limit(config)
@@ -47,11 +51,12 @@ def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
         pair_weight=np.ones((pairs,), np.float32),
     )
     if shape.is_video:
-        n = num_video_tokens(config, shape.frames)
+        interface = family_of(config).interface(config)
+        n = interface.video_tokens(shape.frames)
         start = min(10, shape.prompt_text)  # like a chat template: a few text tokens first
-        prompt[:, start:start + n] = config.video_token_index
-        s = config.vision.image_size
-        fields["frames"] = rng.integers(0, 256, (pairs, shape.frames, s, s, 3), dtype=np.uint8)
+        prompt[:, start:start + n] = interface.video_token_index
+        h, w = interface.frames.size
+        fields["frames"] = rng.integers(0, 256, (pairs, shape.frames, h, w, 3), dtype=np.uint8)
     return make_batch("pairs", **fields)
 
 

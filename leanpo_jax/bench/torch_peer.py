@@ -1,15 +1,17 @@
 """The PyTorch peer: what a user would run instead — HF transformers models, TRL-style step.
 
-Same shapes and the same model configurations as our rows (built from `hf_config_dict`, random
-weights): chosen and rejected concatenated along the batch (2·pairs sequences of prompt +
-response, the video duplicated for both, as TRL and the LLaVA-NeXT DPO trainer do), one forward,
-then
+Same shapes and the same model configurations as our rows (the transformers class and config
+that the model's family names, `Family.transformers_model`; random weights): chosen and
+rejected concatenated along the batch (2·pairs sequences of prompt + response, the video
+duplicated for both, as TRL and the LLaVA-NeXT DPO trainer do), one forward, then
   torch-hf     full logits → float32 log_softmax → gather; LeanPO loss on average log-probs
                (β 2, γ 0.5, dynamic smoothing α 0.1, SFT 0.5 on the winner)
   torch-liger  final hidden states → Liger's fused linear SimPO loss (β 2, γ 0.5, static
                smoothing 0.1, NLL weight 0.5; chunked, no full logits), when liger-kernel imports
-then backward and AdamW. Vision tower + projector frozen; everything else trained. bf16 on GPU,
-fp32 on CPU; gradient checkpointing where our row uses remat. torch is imported lazily.
+then backward and AdamW. Frames are normalised with the model's own mean/std (its data
+interface). Vision tower, pooler, projector and image newline frozen; everything else trained.
+bf16 on GPU, fp32 on CPU; gradient checkpointing where our row uses remat. torch is imported
+lazily.
 """
 
 from __future__ import annotations
@@ -18,9 +20,14 @@ import statistics
 import time
 
 from leanpo_jax.bench.shapes import StepShape
+from leanpo_jax.models import family_of
 from leanpo_jax.train import flops as flops_lib
 
 IMPLS = ("torch-hf", "torch-liger")
+# Parameter names (substrings) of the frozen vision side in transformers' LLaVA classes
+# (OneVision, NeXT-Video: model.vision_tower.*, model.multi_modal_projector.*,
+# model.image_newline, and NeXT-Video's model.vision_resampler, parameter-free unless "conv").
+FROZEN_NAMES = ("vision_tower", "multi_modal_projector", "image_newline", "vision_resampler")
 
 
 def liger_available() -> bool:
@@ -32,22 +39,31 @@ def liger_available() -> bool:
 
 
 def _hf_model(config, device, dtype, hf_dir: str = ""):
+    """The transformers model that `config`'s family names (`transformers_model`): a seeded
+    random init, or the weights of `hf_dir` (a `models.save_hf` folder) in that architecture;
+    a tensor missing, left over or of another shape is an error."""
     import torch
     import transformers
 
-    from leanpo_jax.models.llava_onevision.hf_config import hf_config_dict
-
-    d = hf_config_dict(config)
-    d.pop("leanpo_jax", None)
-    d.pop("dtype", None)
-    if config.vision is None:
-        cls = transformers.Qwen2ForCausalLM if config.text.attention_bias else transformers.LlamaForCausalLM
-        hf_config = (transformers.Qwen2Config if config.text.attention_bias else transformers.LlamaConfig)(**d)
-    else:
-        cls, hf_config = (transformers.LlavaOnevisionForConditionalGeneration,
-                          transformers.LlavaOnevisionConfig(**d))
+    family = family_of(config)
+    name, d = family.transformers_model(config)
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise ValueError(f"family {family.name!r}: transformers_model names class {name!r}, which "
+                         f"transformers {transformers.__version__} lacks; upgrade transformers")
+    d = dict(d)
+    if "model_type" not in d:
+        raise ValueError(f"family {family.name!r}: transformers_model's config dict has no "
+                         "'model_type' key; return a transformers config's to_dict()")
+    hf_config = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
     if hf_dir:
-        return cls.from_pretrained(hf_dir, dtype=dtype).to(device)
+        # The family's config, not the folder's config.json: this checks that the two agree.
+        model, info = cls.from_pretrained(hf_dir, config=hf_config, dtype=dtype, output_loading_info=True)
+        bad = {k: v for k, v in info.items() if v}
+        if bad:
+            raise ValueError(f"{hf_dir}: its tensors do not fit the {name} of family {family.name!r}'s "
+                             f"transformers_model: {bad}")
+        return model.to(device)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -74,9 +90,10 @@ def leanpo_loss_torch(sum_logps, counts, pairs: int, *, beta=2.0, gamma=0.5, alp
 def peer_supported(shape: StepShape) -> str:
     """"" when the HF peer can run `shape`, else why not."""
     config = shape.config()
-    if config.vision is not None and (config.newline != "one_token" or config.pool_mode != "bilinear"):
-        return ("transformers' LlavaOnevision video path has one newline token per video and bilinear "
-                f"pooling; this preset uses newline={config.newline!r}, pool_mode={config.pool_mode!r}")
+    try:
+        family_of(config).transformers_model(config)
+    except (ValueError, NotImplementedError) as e:  # no equivalent / the family names none
+        return str(e)
     return ""
 
 
@@ -94,6 +111,7 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
         torch.cuda.empty_cache()
 
     from leanpo_jax.bench.step_bench import random_batch
+    from leanpo_jax.data.frames import normalize_frames
 
     if impl not in IMPLS:
         raise ValueError(f"peer impl {impl!r}: expected one of {IMPLS}")
@@ -110,7 +128,7 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
     if shape.remat:  # renamed in recent transformers; the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
     for name, p in model.named_parameters():
-        p.requires_grad = not any(k in name for k in ("vision_tower", "multi_modal_projector", "image_newline"))
+        p.requires_grad = not any(k in name for k in FROZEN_NAMES)
     params = [p for p in model.parameters() if p.requires_grad]
     row["trainable_params"] = int(sum(p.numel() for p in params))
     opt = torch.optim.AdamW(params, lr=1e-6)
@@ -124,10 +142,11 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
     mask[:, p:] = 1.0
     kwargs = {}
     if shape.is_video:
-        v = config.vision
-        frames = torch.as_tensor(b["frames"], device=device).permute(0, 1, 4, 2, 3).to(dtype) / 127.5 - 1.0
+        policy = family_of(config).interface(config).frames  # the model's own mean / std
+        x = normalize_frames(b["frames"], policy.mean, policy.std)  # float32, as our step does
+        frames = torch.as_tensor(x, device=device).permute(0, 1, 4, 2, 3).to(dtype)
+        # transformers' LLaVA video classes take [B, F, C, H, W] as pixel_values_videos.
         kwargs["pixel_values_videos"] = torch.cat([frames, frames])  # duplicated, as the peers do
-        assert frames.shape[-1] == v.image_size
     if impl == "torch-liger":
         from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss
 

@@ -9,6 +9,8 @@ A family (leanpo_jax/models/<family>/) subclasses `Family` and provides, host si
                                  chat template, placeholder, default tokenizer, positions
     decoding_defaults(config)    self-generation decoding for winner / loser
     vision_flops(config, F)      forward FLOPs of encoding one video (MFU)
+    transformers_model(config)   (optional) the equivalent transformers class name + config.json
+                                 dict, for reference runs (the benchmark's PyTorch peer)
 and, device side, `build(config, rngs)` returning a model that implements the model protocol
 (`MODEL_PROTOCOL`): encode_video, embed (placeholder merge), __call__, prefix / suffix /
 packed, prefill / decode_step, lm_head_kernel, num_video_tokens, and the attributes `config`
@@ -23,7 +25,7 @@ The config object of a family carries `dtype`, `param_dtype`, `attention_impl`, 
 from __future__ import annotations
 
 import abc
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from flax import nnx
 
@@ -82,6 +84,16 @@ class Family(abc.ABC):
         """{"winner": {temperature, top_p}, "loser": {...}} for self-generation."""
         del config
         return GREEDY
+
+    # ------------------------------------------------------------------------ reference runs
+    def transformers_model(self, config) -> Tuple[str, dict]:
+        """(transformers model class name, config.json dict without "leanpo_jax" / "dtype") of an
+        HF model equivalent to `config`, for reference runs (bench/torch_peer.py). Raises
+        ValueError (the reason) when transformers has no equivalent of this config."""
+        del config
+        raise NotImplementedError(
+            f"family {self.name!r} names no transformers equivalent: implement "
+            f"{type(self).__name__}.transformers_model to give its configs a PyTorch peer")
 
     def abstract(self, config):
         """The model with shape/dtype placeholders instead of arrays (no init pass)."""

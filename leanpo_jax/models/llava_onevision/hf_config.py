@@ -5,7 +5,8 @@ llava-hf `LlavaOnevisionConfig`, lmms-lab `LlavaQwenForCausalLM` (hidden_size et
 mm_* keys) and plain qwen2 / llama configs. SigLIP layers run = num_hidden_layers + 1 +
 feature layer when negative (vision_feature_layer / mm_vision_select_layer), the feature layer
 itself otherwise. RoPE theta comes from v5 `rope_parameters` or legacy `rope_theta`.
-Write: LlavaOnevisionConfig (Qwen2Config / LlamaConfig when text-only) `.to_dict()`.
+Write: LlavaOnevisionConfig (Qwen2Config / LlamaConfig when text-only) `.to_dict()`;
+`transformers_equivalent` gives the same dict without our keys, for reference runs.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from leanpo_jax.models.llava_onevision.config import NEWLINE_LAYOUTS, VideoLLMConfig, VisionConfig
 from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
@@ -177,3 +178,18 @@ def hf_config_dict(config: VideoLLMConfig, *, extra_vision_layers: int = 0,
     out["dtype"] = config.param_dtype
     out["leanpo_jax"] = _leanpo_dict(config)
     return out
+
+
+def transformers_equivalent(config: VideoLLMConfig) -> Tuple[str, dict]:
+    """(transformers model class name, config.json dict without "leanpo_jax" / "dtype") of the
+    HF model that computes what `config` computes; ValueError (why) when none does."""
+    if config.vision is not None and (config.newline != "one_token" or config.pool_mode != "bilinear"):
+        raise ValueError("transformers' LlavaOnevision video path has one newline token per video and "
+                         f"bilinear pooling; this config uses newline={config.newline!r}, "
+                         f"pool_mode={config.pool_mode!r}")
+    d = hf_config_dict(config)
+    d.pop("leanpo_jax", None)
+    d.pop("dtype", None)
+    # hf_config_dict names the class: Qwen2ForCausalLM / LlamaForCausalLM text-only, else
+    # LlavaOnevisionForConditionalGeneration.
+    return d["architectures"][0], d
