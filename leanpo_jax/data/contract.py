@@ -58,8 +58,11 @@ class ChatTemplate:
              ‖ user_head ‖ [video placeholders ‖ after_video ‖ question]   (video_first)
                            or [question ‖ before_video ‖ video placeholders]
              ‖ user_tail
-    response = text ‖ response_end (the end-of-turn token, part of the labels)
-    `specials`: tokens written out in the template text that must be single ids.
+    response = response_prefix ‖ text ‖ response_end (the end-of-turn token, part of the labels)
+    `specials`: tokens written out in the template text that must be single ids. `bos`: a
+    single id put first, as a tokenizer's post-processor adds it (text after it starts the
+    string). `response_prefix`: text before every response (e.g. the space after vicuna's
+    "ASSISTANT:"; decoding drops it again: decoders strip the leading space, callers .strip()).
     """
 
     system: str
@@ -72,6 +75,7 @@ class ChatTemplate:
     bos: Optional[str] = None
     video_first: bool = True
     before_video: str = ""
+    response_prefix: str = ""
 
     def __post_init__(self):
         if self.response_end not in self.specials:

@@ -8,8 +8,9 @@ ChatML (`CHATML`, LLaVA-OneVision / LLaVA-Video) the prompt is (system turn omit
     [video_token_index] * num_video_tokens
     \\n[{time instruction}\\n]{question}<|im_end|>\\n<|im_start|>assistant\\n
 
-Response: the response text's tokens followed by the template's end-of-turn token (<|im_end|>
-for ChatML; part of the response, of its labels and of its length).
+Response: the tokens of the template's response_prefix + the response text, followed by the
+template's end-of-turn token (<|im_end|> for ChatML; part of the response, of its labels and of
+its length).
 
 Rules:
   * The placeholder is inserted as ids, exactly `num_video_tokens` copies of the model's
@@ -19,8 +20,13 @@ Rules:
     only from the template. A text piece that still yields the placeholder id (possible only
     with a tokenizer where it is a non-special added token) is a PLACEHOLDER_IN_TEXT record.
   * Segmenting: the text between two special ids is tokenised as one piece, exactly as a
-    HF tokenizer tokenises the full ChatML string (it splits at special tokens first), so the
-    ids equal `tokenizer.encode(full_chatml_string)` with the placeholder as a special token.
+    HF tokenizer tokenises the full rendered string (it splits at added tokens first), so the
+    ids equal `tokenizer(full_string)` with the placeholder as a special token and the
+    template's bos from the post-processor. Each piece uses the split variant of its place
+    (tokenizer_files: the string's first split, one after an added token, the response inside
+    the prompt's last split), so SentencePiece "▁" prefixes (legacy Llama: every split;
+    Metaspace "first": only the string's first) come out as HF puts them. Byte-level BPE
+    (Qwen) has one variant for all.
   * Literal "<video>"/"<image>" markers in a question are kept verbatim (no stripping).
   * Prompt and video are never truncated: more than `max_prompt_text_tokens` template+question
     tokens (everything but the placeholder ids) is a PROMPT_TOO_LONG RecordError.
@@ -48,8 +54,8 @@ from tokenizers import Tokenizer
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data.contract import ChatTemplate, ModelInterface
 from leanpo_jax.data.tokenizer_files import (  # noqa: F401  (the tokenizer API of this module)
-    TOKENIZER_FILE, TOKENIZER_SIDE_FILES, default_tokenizer_dir, load_cached, load_tokenizer, prepared,
-    save_tokenizer_files, tokenizer_file,
+    AFTER_SPECIAL, INSIDE, TOKENIZER_FILE, TOKENIZER_SIDE_FILES, default_tokenizer_dir, load_cached,
+    load_cached_variants, load_tokenizer, prepared, save_tokenizer_files, split_variants, tokenizer_file,
 )
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -103,6 +109,7 @@ class ChatTokenizer:
             self._file, self._where = None, "the given tokenizer object"
             tok = prepared(Tokenizer.from_str(backend.to_str()))
         self._tok = tok
+        self._variants = self._load_variants()
         self.template = CHATML if template is None else template
         self.vocab_size = int(vocab_size)
         self.video_token_index = None if video_token_index is None else int(video_token_index)
@@ -145,23 +152,30 @@ class ChatTokenizer:
         return int(i)
 
     def _segments(self, parts) -> list:
-        """Template text pieces, user text and the VIDEO marker -> id arrays. Text between two
-        special ids (template and user text alike) is tokenised as ONE piece, as a HF
-        tokenizer does with the rendered string; a piece holding user text is checked for the
-        placeholder id (PlaceholderInText)."""
-        out, buffer, has_user = [], [], False
+        """Template text pieces, user text, the bos and the VIDEO marker -> id arrays. Text
+        between two special ids (template and user text alike) is tokenised as ONE piece, as a
+        HF tokenizer does with the rendered string, with the split variant of its place (the
+        bos, a post-processor's token, does not count); a piece holding user text is checked
+        for the placeholder id (PlaceholderInText)."""
+        out, buffer, has_user, started = [], [], False, False
 
         def flush():
-            nonlocal buffer, has_user
+            nonlocal buffer, has_user, started
+            text = "".join(buffer)
             if buffer:
-                text = "".join(buffer)
-                out.append(self._checked_text(text, "prompt") if has_user else self._text(text))
+                tok = self._variants[AFTER_SPECIAL] if started else self._tok
+                out.append(self._checked_text(text, "prompt", tok) if has_user else self._text(text, tok))
+            started = started or bool(text)
             buffer, has_user = [], False
 
         for kind, value in parts:
-            if kind == "video":
+            if kind == "bos":
+                flush()
+                out.append(np.asarray([self._special(value)], np.int32))
+            elif kind == "video":
                 flush()
                 out.append(np.full(int(value), self.video_token_index, np.int32))
+                started = started or int(value) > 0
             elif kind == "user":
                 buffer.append(value)
                 has_user = True
@@ -170,6 +184,7 @@ class ChatTokenizer:
                     if piece in self.template.specials:
                         flush()
                         out.append(np.asarray([self._special(piece)], np.int32))
+                        started = True
                     elif piece:
                         buffer.append(piece)
         flush()
@@ -195,7 +210,7 @@ class ChatTokenizer:
         t = self.template
         parts = []
         if t.bos:
-            parts.append(("template", t.bos))
+            parts.append(("bos", t.bos))
         if self.system_prompt is not None:
             parts.append(("template", t.system.format(system=self.system_prompt)))
         parts.append(("template", t.user_head))
@@ -224,14 +239,24 @@ class ChatTokenizer:
                              f"(vocab_size {self.vocab_size}): fix the model config")
         self.specials = {s: self._special(s) for s in self.template.specials}
         self.end_id = self.specials[self.template.response_end]
+        # A response continues the prompt's last split when the prompt ends in text (ChatML's
+        # "assistant\n", vicuna's " ASSISTANT:"); after a closing special it starts a new one.
+        # An empty user_tail: the question ends the prompt (video_first), else the video.
+        tail = [p for p in self._split_specials(self.template.user_tail) if p]
+        ends_in_text = tail[-1] not in self.template.specials if tail else self.template.video_first
+        self._response_where = INSIDE if ends_in_text else AFTER_SPECIAL
         # The template with an empty question: its ids must never hold the placeholder id.
         template_ids = np.concatenate(self._segments(self._prompt_parts("", 0)))
         if self.video_token_index is not None and np.any(template_ids == self.video_token_index):
             raise ValueError(f"the chat template or system prompt tokenises to the video placeholder id "
                              f"{self.video_token_index}")
 
+    def _load_variants(self) -> dict:
+        return load_cached_variants(self._file) if self._file is not None else split_variants(self._tok)
+
     def __getstate__(self):
         state = dict(self.__dict__)
+        state["_variants"] = None  # rebuilt from the tokenizer in the receiving process
         if self._file is not None:
             state["_tok"] = None  # reloaded from the file in the receiving process
         return state
@@ -239,17 +264,19 @@ class ChatTokenizer:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._tok = load_cached(self._file) if self._file is not None else prepared(self._tok)
+        self._variants = self._load_variants()
 
     @property
     def tokenizer(self) -> Tokenizer:
         """The underlying tokenizer (special-token matching off); do not change its settings."""
         return self._tok
 
-    def _text(self, text: str) -> np.ndarray:
-        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, np.int32)
+    def _text(self, text: str, tok: Optional[Tokenizer] = None) -> np.ndarray:
+        """ids of `text` as one split (`tok`: its split variant, default the string's start)."""
+        return np.asarray((self._tok if tok is None else tok).encode(text, add_special_tokens=False).ids, np.int32)
 
-    def _checked_text(self, text: str, what: str) -> np.ndarray:
-        ids = self._text(text)
+    def _checked_text(self, text: str, what: str, tok: Optional[Tokenizer] = None) -> np.ndarray:
+        ids = self._text(text, tok)
         if np.any(ids == self.video_token_index):
             raise PlaceholderInText(
                 f"the {what} tokenises to the video placeholder id {self.video_token_index}")
@@ -281,11 +308,14 @@ class ChatTokenizer:
         return self._in_range(np.concatenate(self._segments(self._prompt_parts(user, int(num_video_tokens)))))
 
     def response_ids(self, text: str, max_response_tokens: int) -> tuple:
-        """(int32 ids of text ‖ the end-of-turn id cut to max_response_tokens, truncated: bool).
-        See the module docstring: a truncated response does not end with <|im_end|>."""
+        """(int32 ids of response_prefix + text ‖ the end-of-turn id cut to max_response_tokens,
+        truncated: bool), tokenised as it continues the prompt. See the module docstring: a
+        truncated response does not end with the end-of-turn id."""
         if int(max_response_tokens) < 1:
             raise ValueError(f"max_response_tokens must be >= 1, got {max_response_tokens}")
-        ids = np.concatenate([self._checked_text(text, "response"), np.asarray([self.end_id], np.int32)])
+        text = self.template.response_prefix + text
+        tok = self._variants[self._response_where]
+        ids = np.concatenate([self._checked_text(text, "response", tok), np.asarray([self.end_id], np.int32)])
         truncated = ids.shape[0] > int(max_response_tokens)
         return self._in_range(ids[: int(max_response_tokens)]), bool(truncated)
 

@@ -3,11 +3,22 @@ it once per process with our settings, and copying it (with its side files) into
 
 Our settings on every tokenizer we load: special-token text inside record fields is literal
 text (`encode_special_tokens`), no truncation, no padding; specials come only from templates.
+
+Split variants (`split_variants`): a HF tokenizer cuts a string at its added tokens and
+normalises / pre-tokenises each split on its own. A prefix space ("▁") is then put before
+EVERY non-empty split by a Prepend normalizer (legacy Llama), by Metaspace prepend_scheme
+"always" and by ByteLevel add_prefix_space (those two only when the split does not start with a
+space), but by Metaspace "first" only before the split at offset 0 of the string (so none at
+all when the string starts with an added token; a post-processor's BOS does not count). Text
+inside a split gets none. A text piece tokenised on its own therefore needs the variant for its
+place: the tokenizer itself at the string's start, AFTER_SPECIAL after an added token, INSIDE
+when it continues the text before it (a response after the prompt's text).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 from typing import Optional, Union
@@ -79,3 +90,58 @@ def load_cached(file: str) -> Tokenizer:
     if key not in _CACHE:
         _CACHE[key] = prepared(Tokenizer.from_file(file))
     return _CACHE[key]
+
+
+AFTER_SPECIAL, INSIDE = "after_special", "inside"
+
+
+def _without_prefix(component: dict, where: str) -> Optional[dict]:
+    """A normalizer / pre-tokenizer (its JSON) without the prefix steps that do not apply at
+    `where` (see the module docstring); None when nothing of it is left."""
+    kind = component.get("type")
+    if kind == "Sequence":
+        key = "normalizers" if "normalizers" in component else "pretokenizers"
+        kept = [c for c in (_without_prefix(c, where) for c in component[key]) if c is not None]
+        return {**component, key: kept}
+    if kind == "Metaspace" and (where == INSIDE or component.get("prepend_scheme") == "first"):
+        return {**component, "prepend_scheme": "never"}
+    if where == INSIDE and kind == "Prepend":
+        return None
+    if where == INSIDE and kind == "ByteLevel" and component.get("add_prefix_space"):
+        return {**component, "add_prefix_space": False}
+    return component
+
+
+def _json(component) -> Optional[dict]:
+    return None if component is None else json.loads(component.__getstate__())
+
+
+def split_variants(tokenizer: Tokenizer) -> dict:
+    """{AFTER_SPECIAL: tok, INSIDE: tok}: prepared copies of `tokenizer` for text that starts a
+    split after an added token / continues the text before it (module docstring); `tokenizer`
+    itself wherever that changes nothing (byte-level BPE without a prefix space: Qwen)."""
+    steps = (_json(tokenizer.normalizer), _json(tokenizer.pre_tokenizer))
+    built, out, full = {}, {}, None
+    for where in (AFTER_SPECIAL, INSIDE):
+        changed = tuple(None if c is None else _without_prefix(c, where) for c in steps)
+        if changed == steps:
+            out[where] = tokenizer
+            continue
+        key = json.dumps(changed, sort_keys=True)
+        if key not in built:
+            full = json.loads(tokenizer.to_str()) if full is None else full
+            full["normalizer"], full["pre_tokenizer"] = changed
+            built[key] = prepared(Tokenizer.from_str(json.dumps(full)))
+        out[where] = built[key]
+    return out
+
+
+_VARIANTS: dict = {}
+
+
+def load_cached_variants(file: str) -> dict:
+    """`split_variants` of `load_cached(file)`, once per file and process."""
+    key = (os.path.abspath(file), os.getpid())
+    if key not in _VARIANTS:
+        _VARIANTS[key] = split_variants(load_cached(file))
+    return _VARIANTS[key]
