@@ -32,7 +32,7 @@ from leanpo_jax.models import get_preset  # noqa: E402
 from leanpo_jax.train import config as config_lib  # noqa: E402
 
 
-@pytest.mark.parametrize("name", ["llava_ov_0p5b", "llava_video_7b"])
+@pytest.mark.parametrize("name", ["llava_ov_0p5b", "llava_video_7b", "llava_next_video_7b"])
 def test_gpu_configs_carry_the_paper_recipe_and_validate(name):
     config = load_config(name)
     assert (config.loss.beta, config.loss.gamma, config.loss.label_smoothing, config.loss.sft_weight) == (2.0, 0.5, 0.1, 0.5)

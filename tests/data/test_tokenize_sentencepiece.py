@@ -9,68 +9,21 @@ prepend_scheme "first", split False: only the string's first split; today's llav
 conversion), "always" (Metaspace "always"), and a byte-level BPE with add_prefix_space.
 """
 
-import json
 import pickle
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from leanpo_jax.data import tokenize as T
 from leanpo_jax.models.llava_next_video.template import VICUNA_SYSTEM_PROMPT, VICUNA_V1
 
+from llama_tokenizer import BOS, EOS, llama_like as _llama_like
+
 transformers = pytest.importorskip("transformers")
 
-CORPUS = [VICUNA_SYSTEM_PROMPT, "USER: What colour is the shape? ASSISTANT: It is red.",
-          "USER: Which way does the circle move? ASSISTANT: A red circle moves left, then stops.",
-          "Yes, the square is blue and it moves right."]
 SCHEMES = ("legacy", "first", "always", "bytelevel")
 QUESTIONS = ("What colour is the shape?", "  Why does it zig-zag?\tÜber 漢字 😀", "\nline one\nline two ")
 ANSWERS = ("It is red.", "Yes", "A red circle moves left, then stops.", "zig-zag: 漢字 😀 ...")
-BOS, EOS = 1, 2
-
-
-def _sentencepiece_bpe() -> Tokenizer:
-    """BPE learnt on words ("▁word"), rebuilt with Llama's id layout and byte fallback."""
-    learner = Tokenizer(models.BPE(unk_token="<unk>"))
-    learner.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="always", split=True)
-    learner.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False))
-    learnt = json.loads(learner.to_str())["model"]
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2}
-    vocab.update({f"<0x{b:02X}>": 3 + b for b in range(256)})
-    for piece, _ in sorted(learnt["vocab"].items(), key=lambda kv: kv[1]):
-        vocab.setdefault(piece, len(vocab))
-    return Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m) for m in learnt["merges"]], unk_token="<unk>",
-                                byte_fallback=True, fuse_unk=True))
-
-
-def _byte_level() -> Tokenizer:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(CORPUS, trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return tok
-
-
-def _llama_like(scheme: str) -> Tokenizer:
-    if scheme == "bytelevel":
-        tok = _byte_level()
-    else:
-        tok = _sentencepiece_bpe()
-        if scheme == "legacy":
-            tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-        else:
-            tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=scheme, split=False)
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(" ", 1, 0)])
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t in ("<unk>", "<s>", "</s>", "<video>", "<image>")])
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", BOS)])
-    return tok
 
 
 @pytest.fixture(scope="module")

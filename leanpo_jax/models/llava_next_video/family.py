@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from leanpo_jax.data import tokenize
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
 from leanpo_jax.models.family import NUCLEUS, Family
 from leanpo_jax.models.llava_next_video import hf_io
 from leanpo_jax.models.llava_next_video.config import PRESETS, NextVideoConfig, num_video_tokens
-from leanpo_jax.models.llava_next_video.hf_config import FAMILY_NAME, is_family_config
+from leanpo_jax.models.llava_next_video.hf_config import (
+    FAMILY_NAME, hf_config_dict, is_family_config, matches_transformers,
+)
 from leanpo_jax.models.llava_next_video.model import NextVideoLLM
 from leanpo_jax.models.llava_next_video.template import VICUNA_V1
 
@@ -58,6 +60,17 @@ class LlavaNextVideoFamily(Family):
             video_token=None if folder is None else config.video_token,
             # No Llama tokenizer ships offline: a preset needs data.tokenizer.
             tokenizer=folder if own is not None and os.path.isfile(own) else None)
+
+    def transformers_model(self, config: NextVideoConfig) -> Tuple[str, dict]:
+        """LlavaNextVideoForConditionalGeneration and its config.json dict; ValueError for the
+        fork's project-then-pool order, bilinear pooling or newline layouts."""
+        reason = matches_transformers(config)
+        if reason:
+            raise ValueError(f"no transformers equivalent: {reason}")
+        d = hf_config_dict(config)
+        d.pop("leanpo_jax", None)
+        d.pop("dtype", None)
+        return d["architectures"][0], d
 
     def decoding_defaults(self, config: NextVideoConfig):
         del config
