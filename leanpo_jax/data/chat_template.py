@@ -67,10 +67,14 @@ def _escape(text: str) -> str:
 
 def render_template(source: str, *, video_token: str, specials: Iterable[str], where: str,
                     default_system_prompt: Optional[str] = None, bos: Optional[str] = None,
-                    eos: Optional[str] = None) -> ChatTemplate:
+                    eos: Optional[str] = None, added_bos: Optional[str] = None) -> ChatTemplate:
     """The ChatTemplate of jinja `source` (see the module docstring). `specials`: the
     tokenizer's special tokens (those found in the rendering become the template's);
-    `bos` / `eos`: the tokenizer's bos_token / eos_token strings (templates may print them)."""
+    `bos` / `eos`: the tokenizer's bos_token / eos_token strings (templates may print them);
+    `added_bos`: the token the tokenizer's post-processor puts first (Llama's <s>), which the
+    prompt then starts with unless the template prints it itself. An assistant turn that no
+    special token closes (the llava-hf vicuna template ends it with " ") ends with `eos`, the
+    token the model emits to stop."""
     tokens = {k: v for k, v in (("bos_token", bos), ("eos_token", eos)) if v is not None}
     user = {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION_SENTINEL}]}
     system = {"role": "system", "content": [{"type": "text", "text": SYSTEM_SENTINEL}]}
@@ -90,25 +94,32 @@ def render_template(source: str, *, video_token: str, specials: Iterable[str], w
                    reverse=True)
     after_answer = full[full.index(ANSWER_SENTINEL) + len(ANSWER_SENTINEL):]
     ends = [(after_answer.find(s), s) for s in found if s in after_answer]
+    if not ends and eos and eos in specials:
+        ends, found = [(0, eos)], sorted(set(found) | {eos}, key=len, reverse=True)
     if not ends:
-        raise ValueError(f"{where}: no special token ends the assistant turn in the chat template")
+        raise ValueError(f"{where}: no special token ends the assistant turn in the chat template "
+                         "and the tokenizer names no eos_token; use data.chat_template='training'")
     end = min(ends)[1]
     # The system turn runs to the end token that closes it (and the whitespace after it); the
     # user turn's head follows, so a run without a system prompt keeps it.
-    after_sys = sys_at + len(SYSTEM_SENTINEL)
+    # A template may print the system text more than once (llava-hf's vicuna template does):
+    # the system part runs to the last copy before the user turn, every copy is {system}.
+    after_sys = prompt.rfind(SYSTEM_SENTINEL, 0, first_user) + len(SYSTEM_SENTINEL)
     close = prompt.find(end, after_sys)
     boundary = after_sys
     if 0 <= close < first_user:
         boundary = close + len(end)
         while boundary < first_user and prompt[boundary] in " \n":
             boundary += 1
-    start = 0
+    start, first = 0, None
     if bos and prompt.startswith(bos):
-        start = len(bos)
-    system_text = _escape(prompt[start:sys_at]) + "{system}" + _escape(prompt[after_sys:boundary])
+        start, first = len(bos), bos
+    elif added_bos:
+        first = added_bos
+        found = sorted(set(found) | {added_bos}, key=len, reverse=True)
+    system_text = _escape(prompt[start:boundary]).replace(SYSTEM_SENTINEL, "{system}")
     common = dict(system=system_text, user_head=prompt[boundary:first_user], response_end=end,
-                  specials=tuple(found), default_system_prompt=default_system_prompt,
-                  bos=bos if start else None)
+                  specials=tuple(found), default_system_prompt=default_system_prompt, bos=first)
     if v_at < q_at:
         return ChatTemplate(after_video=prompt[v_at + len(video_token):q_at],
                             user_tail=prompt[q_at + len(QUESTION_SENTINEL):], **common)
@@ -138,7 +149,17 @@ def checkpoint_template(folder: str, tokenizer_json: str, *, video_token: str,
             config = json.load(f)
     return render_template(source, video_token=video_token, specials=specials, where=where,
                            default_system_prompt=default_system_prompt,
-                           bos=_token_text(config.get("bos_token")), eos=_token_text(config.get("eos_token")))
+                           bos=_token_text(config.get("bos_token")), eos=_token_text(config.get("eos_token")),
+                           added_bos=_post_processor_bos(tok))
+
+
+def _post_processor_bos(tok: Tokenizer) -> Optional[str]:
+    """The special token the tokenizer's post-processor prepends to a single text (None: none)."""
+    plain = tok.encode("a", add_special_tokens=False).ids
+    full = tok.encode("a", add_special_tokens=True).ids
+    if len(full) > len(plain) and full[len(full) - len(plain):] == plain:
+        return tok.id_to_token(full[0])
+    return None
 
 
 def with_chat_template(model, data, folder: Optional[str]):

@@ -4,8 +4,9 @@ Read: ours (a "leanpo_jax" sub-dict with family "llava_next_video", written by
 `hf_config_dict`; it wins), llava-hf `LlavaNextVideoConfig` (model_type "llava_next_video"),
 and the original lmms-lab `LlavaLlamaForCausalLM` files (Llama keys at the top, mm_* keys,
 mm_vision_tower naming a CLIP tower). CLIP layers run = num_hidden_layers + 1 + feature layer
-when negative (-2 of 24 -> 23). Linear RoPE scaling is read from the text config or, where a
-conversion left it outside, from the top-level `rope_scaling` / `rope_parameters`.
+when negative (-2 of 24 -> 23). Linear RoPE scaling is read from the text config's rope dict or, where a
+conversion left it outside, from loose "type"/"factor" text-config keys (the llava-hf
+conversion script) or the top-level `rope_scaling` / `rope_parameters`.
 Pooling order: llava-hf pools before the projector (transformers); lmms-lab code projects first.
 Write: LlavaNextVideoConfig `.to_dict()` + our dict.
 """
@@ -62,6 +63,12 @@ def _vision(vc, feature_layer, strategy, where: str) -> ClipVisionConfig:
 
 
 def _outer_rope(d: dict) -> Optional[dict]:
+    """RoPE scaling written outside the text config's rope dict: the llava-hf conversion script
+    updates the text config with loose {"type": "linear", "factor": 2.0} keys; others put
+    rope_scaling / rope_parameters at the top level."""
+    text = d.get("text_config") or {}
+    if "type" in text or "rope_type" in text:
+        return {k: text[k] for k in ("type", "rope_type", "factor") if k in text}
     return d.get("rope_scaling") or d.get("rope_parameters") or None
 
 

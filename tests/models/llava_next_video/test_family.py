@@ -43,10 +43,13 @@ def test_llava_hf_7b_config_is_the_preset():
     assert config_from_hf(d) == get_preset("llava-next-video-7b")
 
 
-@pytest.mark.parametrize("where", ["text rope_scaling", "text rope_parameters", "top-level rope_scaling", "none"])
+@pytest.mark.parametrize("where", ["text rope_scaling", "text rope_parameters", "loose text keys",
+                                   "top-level rope_scaling", "none"])
 def test_linear_rope_is_read_from_either_place(where):
     linear = {"type": "linear", "factor": 2.0}
-    if where == "text rope_scaling":
+    if where == "loose text keys":  # what the llava-hf conversion script's text_config.update writes
+        d = llava_hf_dict(**linear)
+    elif where == "text rope_scaling":
         d = llava_hf_dict(rope_scaling=linear)
     elif where == "text rope_parameters":
         d = llava_hf_dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})
