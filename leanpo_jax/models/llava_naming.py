@@ -76,3 +76,37 @@ def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint
             raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
         out[name] = key
     return out
+
+
+# ------------------------------------------------------------------ tensors beside the params
+VISION_LAYER = re.compile(r"^vision_tower\.vision_model\.encoder\.layers\.(\d+)\.(layer_norm[12]"
+                          r"|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.(weight|bias)$")
+TENSORS_PER_VISION_LAYER = 16
+# Buffers some exports carry (position ids, rotary inverse frequencies): kept, never used.
+BUFFER = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
+
+
+def unused_vision_layer(name: str, used: int) -> bool:
+    """True for a canonical tensor of a ViT layer at index >= `used` (past the feature layer)."""
+    m = VISION_LAYER.match(name)
+    return bool(m) and int(m.group(1)) >= used
+
+
+def extra_vision_layers(names, used: int) -> int:
+    """How many complete ViT layers used, used+1, ... `names` hold (0 if any is partial or missing)."""
+    counts: dict = {}
+    for n in names:
+        m = VISION_LAYER.match(n)
+        if m:
+            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
+    complete = set(counts.values()) <= {TENSORS_PER_VISION_LAYER}
+    contiguous = sorted(counts) == list(range(used, used + len(counts)))
+    return len(counts) if complete and contiguous else 0
+
+
+def mismatch_error(path: str, naming: str, missing: list, unknown: list, what: str, fix: str) -> ValueError:
+    """The error of a checkpoint whose tensors do not match the config, naming every one."""
+    return ValueError(
+        f"{path} ({naming} naming) does not match the {what} config: "
+        + (f"{len(missing)} tensors missing (canonical names): {missing}; " if missing else "")
+        + (f"{len(unknown)} unknown tensors: {unknown}; " if unknown else "") + fix)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 from collections.abc import Mapping
 from typing import Iterable, Iterator, Optional, Sequence, Tuple
@@ -37,6 +38,15 @@ _CODES = {dt: code for code, dt in DTYPES.items()}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_MAX_SHARD_BYTES = 4 << 30
+_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
+
+
+def remove_weight_files(folder: str) -> None:
+    """Deletes model.safetensors, the index and model-*-of-*.safetensors shards in `folder`
+    (an export over an older one must not leave a stale shard that the index no longer names)."""
+    for fn in os.listdir(folder):
+        if fn in (SINGLE_FILE, INDEX_FILE) or _SHARD.fullmatch(fn):
+            os.remove(os.path.join(folder, fn))
 # The reference implementation refuses headers above 100 MB; so do we (a corrupt length
 # would otherwise make us read the whole file as JSON).
 _MAX_HEADER_BYTES = 100_000_000

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from leanpo_jax.models.family_config import RuntimeFields, check_choice
 from leanpo_jax.models.text_config import TextConfig
 from leanpo_jax.models.video_pooling import NEWLINE_LAYOUTS, pooled_side, tokens_with_newlines
 
@@ -50,7 +51,7 @@ class ClipVisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class NextVideoConfig:
+class NextVideoConfig(RuntimeFields):
     """LLaVA-NeXT-Video: CLIP (CLS dropped) -> [pool -> project] or [project -> pool] -> newlines -> Llama.
 
     `pool_before_projector` True is transformers' order (LlavaNextVideoPooler, then the
@@ -68,19 +69,10 @@ class NextVideoConfig:
     image_token_index: int = 32001
     video_token_index: int = 32000
     video_token: str = "<video>"
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention_impl: Optional[str] = None
-    remat: bool = False
 
     def __post_init__(self):
-        if self.pool_mode not in POOL_MODES:
-            raise ValueError(f"pool_mode={self.pool_mode!r}; expected one of {POOL_MODES}")
-        if self.newline not in NEWLINE_LAYOUTS:
-            raise ValueError(f"newline={self.newline!r}; expected one of {NEWLINE_LAYOUTS}")
-
-    def replace(self, **changes) -> "NextVideoConfig":
-        return dataclasses.replace(self, **changes)
+        check_choice("pool_mode", self.pool_mode, POOL_MODES)
+        check_choice("newline", self.newline, NEWLINE_LAYOUTS)
 
 
 def pooled_grid(config: NextVideoConfig) -> int:

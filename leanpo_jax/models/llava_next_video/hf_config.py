@@ -21,11 +21,11 @@ from typing import Optional
 from leanpo_jax.models.llava_next_video.config import (
     POOL_MODES, ClipVisionConfig, NextVideoConfig,
 )
+from leanpo_jax.models.family_config import RUNTIME_FIELDS, vision_layers_run
 from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
 from leanpo_jax.models.video_pooling import NEWLINE_LAYOUTS
 
 FAMILY_NAME = "llava_next_video"
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat")
 # openai/clip-vit-large-patch14-336, the tower lmms-lab configs name.
 _CLIP_L_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
                    num_attention_heads=16, image_size=336, patch_size=14, layer_norm_eps=1e-5)
@@ -48,14 +48,9 @@ def _vision(vc, feature_layer, strategy, where: str) -> ClipVisionConfig:
     if strategy != "default":
         raise ValueError(f"{where}: vision_feature_select_strategy {strategy!r}: only 'default' "
                          "(CLS dropped) is supported")
-    if not isinstance(feature_layer, int):
-        raise ValueError(f"{where}: vision feature layer {feature_layer!r}: only one layer is supported")
     if getattr(vc, "hidden_act", "quick_gelu") != "quick_gelu":
         raise ValueError(f"{where}: CLIP hidden_act {vc.hidden_act!r}; only quick_gelu is supported")
-    full = vc.num_hidden_layers
-    used = feature_layer if feature_layer >= 0 else full + 1 + feature_layer
-    if not 1 <= used <= full:
-        raise ValueError(f"{where}: vision feature layer {feature_layer} selects none of {full} layers")
+    used = vision_layers_run(vc.num_hidden_layers, feature_layer, where)
     return ClipVisionConfig(image_size=vc.image_size, patch_size=vc.patch_size,
                             num_channels=vc.num_channels, hidden_size=vc.hidden_size,
                             intermediate_size=vc.intermediate_size, num_layers=used,
@@ -147,7 +142,7 @@ def config_from_hf(d: dict, base_dir: Optional[str] = None) -> NextVideoConfig:
 
 def _leanpo_dict(config: NextVideoConfig) -> dict:
     d = dataclasses.asdict(config)
-    return {"version": 1, "family": FAMILY_NAME, **{k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}}
+    return {"version": 1, "family": FAMILY_NAME, **{k: v for k, v in d.items() if k not in RUNTIME_FIELDS}}
 
 
 def _config_from_leanpo(d: dict) -> NextVideoConfig:

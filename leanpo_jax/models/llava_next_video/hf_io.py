@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Optional
 
 import jax.numpy as jnp
@@ -30,29 +29,26 @@ from leanpo_jax.models.hf_tables import (
     cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
     unloaded_params,
 )
-from leanpo_jax.models.llava_naming import LM_HEAD, LM_PREFIX, VISION_PREFIX, canonical_names, detect_naming
+from leanpo_jax.models.llava_naming import (
+    BUFFER, LM_HEAD, LM_PREFIX, VISION_PREFIX, canonical_names, detect_naming, extra_vision_layers,
+    mismatch_error, unused_vision_layer,
+)
 from leanpo_jax.models.llava_next_video import preprocessor
 from leanpo_jax.models.llava_next_video.clip import clip_hf_table
 from leanpo_jax.models.llava_next_video.config import NextVideoConfig
-from leanpo_jax.models.llava_next_video.connector import connector_hf_table
+from leanpo_jax.models.llava_onevision.connector import connector_hf_table
 from leanpo_jax.models.llava_next_video.hf_config import config_from_hf, hf_config_dict
 from leanpo_jax.models.llava_next_video.model import NextVideoLLM
 from leanpo_jax.models.safetensors_io import (
-    DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
+    DEFAULT_MAX_SHARD_BYTES, open_checkpoint, remove_weight_files, write_checkpoint,
 )
-
-_VISION_LAYER = re.compile(r"^vision_tower\.vision_model\.encoder\.layers\.(\d+)\.(layer_norm[12]"
-                           r"|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.(weight|bias)$")
-_TENSORS_PER_VISION_LAYER = 16
-_BUFFER = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
-_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 
 
 def _table(config: NextVideoConfig) -> list:
     """Every parameter of the model as canonical HF tensors (hf_tables.ModelEntry)."""
     return (text_entries(config.text, prefix=LM_PREFIX, lm_head_key=LM_HEAD)
             + component_entries(("vision_tower",), clip_hf_table(config, VISION_PREFIX))
-            + component_entries(("connector",), connector_hf_table(config)))
+            + component_entries(("connector",), connector_hf_table(config, "")))
 
 
 def _names(ckpt, path: str) -> tuple:
@@ -83,22 +79,7 @@ def checkpoint_config(path: str, config_json: Optional[dict] = None, ckpt=None) 
 
 
 def _is_known_extra(name: str, config: NextVideoConfig) -> bool:
-    if _BUFFER.search(name):
-        return True
-    m = _VISION_LAYER.match(name)
-    return bool(m) and int(m.group(1)) >= config.vision.num_layers
-
-
-def _extra_vision_layers(names, used: int) -> int:
-    """How many complete CLIP layers used, used+1, ... the extras hold (0 if any gap)."""
-    counts: dict = {}
-    for n in names:
-        m = _VISION_LAYER.match(n)
-        if m:
-            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
-    complete = set(counts.values()) <= {_TENSORS_PER_VISION_LAYER}
-    contiguous = sorted(counts) == list(range(used, used + len(counts)))
-    return len(counts) if complete and contiguous else 0
+    return bool(BUFFER.search(name)) or unused_vision_layer(name, config.vision.num_layers)
 
 
 def load_hf(path, *, config: Optional[NextVideoConfig] = None, dtype=None) -> NextVideoLLM:
@@ -114,12 +95,9 @@ def load_hf(path, *, config: Optional[NextVideoConfig] = None, dtype=None) -> Ne
     unknown = sorted(names[n] for n in names if n not in needed and n not in extras)
     missing = sorted(needed - set(names))
     if missing or unknown:
-        raise ValueError(
-            f"{path} ({naming} naming) does not match the LLaVA-NeXT-Video config: "
-            + (f"{len(missing)} tensors missing (llava-hf names): {missing[:8]}; " if missing else "")
-            + (f"{len(unknown)} unknown tensors: {unknown[:8]}; " if unknown else "")
-            + "check the layer counts and vision_feature_layer of config.json (or config= / preset=), "
-            "or re-export the checkpoint complete")
+        raise mismatch_error(path, naming, missing, unknown, "LLaVA-NeXT-Video",
+                             "check the layer counts and vision_feature_layer of config.json (or config= / "
+                             "preset=), or re-export the checkpoint complete")
     target = None if dtype is None else np.dtype(jnp.dtype(dtype))
     dt = (target or np.dtype(ckpt.info(names[LM_PREFIX + "embed_tokens.weight"])[0])).name
     model = nnx.eval_shape(lambda: NextVideoLLM(config.replace(dtype=dt, param_dtype=dt), rngs=nnx.Rngs(0)))
@@ -145,12 +123,10 @@ def save_hf(model: NextVideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_
     if clash:
         raise ValueError(f"hf_extra holds tensors that are also parameters: {clash}")
     os.makedirs(out_dir, exist_ok=True)
-    for fn in os.listdir(out_dir):
-        if fn in (SINGLE_FILE, INDEX_FILE) or _SHARD.fullmatch(fn):
-            os.remove(os.path.join(out_dir, fn))
+    remove_weight_files(out_dir)
     write_checkpoint(out_dir, export_specs(model, table, extras), export_arrays(model, table, extras),
                      max_shard_bytes=max_shard_bytes, metadata={"format": "pt"})
-    hf = hf_config_dict(config, extra_vision_layers=_extra_vision_layers(extras, config.vision.num_layers))
+    hf = hf_config_dict(config, extra_vision_layers=extra_vision_layers(extras, config.vision.num_layers))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)
     preprocessor.write_preprocessor_configs(out_dir, config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from leanpo_jax.models.family_config import RuntimeFields, check_choice
 from leanpo_jax.models.text_config import TextConfig
 from leanpo_jax.models.video_pooling import NEWLINE_LAYOUTS, pooled_side, tokens_with_newlines
 
@@ -44,7 +45,7 @@ class VisionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoLLMConfig:
+class VideoLLMConfig(RuntimeFields):
     """LLaVA-OneVision / LLaVA-Video: SigLIP -> projector -> per-frame pool -> newlines -> Qwen2.
 
     `vision=None` describes a text-only decoder (a plain Qwen2 / Llama causal-LM checkpoint).
@@ -60,20 +61,10 @@ class VideoLLMConfig:
     # The placeholder's text in the model's own tokenizer (llava-hf: "<video>"); a checkpoint's
     # tokenizer.json must map video_token_index to it. Ids are always inserted directly.
     video_token: str = "<video>"
-    # Compute / parameter dtypes and attention implementation ("xla", "cudnn" or None = JAX picks).
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-    attention_impl: Optional[str] = None
-    remat: bool = False
 
     def __post_init__(self):
-        if self.pool_mode not in POOL_MODES:
-            raise ValueError(f"pool_mode={self.pool_mode!r}; expected one of {POOL_MODES}")
-        if self.newline not in NEWLINE_LAYOUTS:
-            raise ValueError(f"newline={self.newline!r}; expected one of {NEWLINE_LAYOUTS}")
-
-    def replace(self, **changes) -> "VideoLLMConfig":
-        return dataclasses.replace(self, **changes)
+        check_choice("pool_mode", self.pool_mode, POOL_MODES)
+        check_choice("newline", self.newline, NEWLINE_LAYOUTS)
 
 
 def pooled_grid(config: VideoLLMConfig) -> int:

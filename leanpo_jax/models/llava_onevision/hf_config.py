@@ -17,13 +17,12 @@ import os
 from typing import Optional, Tuple
 
 from leanpo_jax.models.llava_onevision.config import NEWLINE_LAYOUTS, VideoLLMConfig, VisionConfig
+from leanpo_jax.models.family_config import RUNTIME_FIELDS, vision_layers_run
 from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
 
 # Full google/siglip-so400m-patch14-384; lmms-lab configs name it and select layer -2 -> 26 run.
 _SO400M = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                num_attention_heads=16, image_size=384, patch_size=14)
-# Runtime choices, not properties of the weights: never written, so a load picks its own.
-_RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat")
 _UNSUPPORTED = "is not supported (llava_onevision, lmms-lab llava_qwen, qwen2 or llama)"
 FAMILY_NAME = "llava_onevision"
 
@@ -46,12 +45,7 @@ def _vision_config(vc, feature_layer) -> VisionConfig:
     """SigLIP config of the full tower + the feature layer -> the layers actually run."""
     if getattr(vc, "model_type", "siglip_vision_model") not in ("siglip_vision_model", "siglip"):
         raise ValueError(f"vision model_type {vc.model_type!r} is not supported (SigLIP only)")
-    if not isinstance(feature_layer, int):
-        raise ValueError(f"vision feature layer {feature_layer!r}: only one layer is supported")
-    full = vc.num_hidden_layers
-    used = feature_layer if feature_layer >= 0 else full + 1 + feature_layer
-    if not 1 <= used <= full:
-        raise ValueError(f"vision feature layer {feature_layer} selects none of {full} layers")
+    used = vision_layers_run(vc.num_hidden_layers, feature_layer, "config.json")
     return VisionConfig(image_size=vc.image_size, patch_size=vc.patch_size,
                         num_channels=vc.num_channels, hidden_size=vc.hidden_size,
                         intermediate_size=vc.intermediate_size, num_layers=used,
@@ -135,7 +129,7 @@ def config_from_hf(d: dict, base_dir: Optional[str] = None) -> VideoLLMConfig:
 
 def _leanpo_dict(config: VideoLLMConfig) -> dict:
     d = dataclasses.asdict(config)
-    return {"version": 1, "family": FAMILY_NAME, **{k: v for k, v in d.items() if k not in _RUNTIME_FIELDS}}
+    return {"version": 1, "family": FAMILY_NAME, **{k: v for k, v in d.items() if k not in RUNTIME_FIELDS}}
 
 
 def _config_from_leanpo(d: dict) -> VideoLLMConfig:

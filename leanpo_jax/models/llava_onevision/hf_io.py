@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import warnings
 from typing import Optional
 
@@ -49,40 +48,24 @@ from leanpo_jax.models.hf_tables import (
     cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
     unloaded_params,
 )
-from leanpo_jax.models.llava_naming import canonical_names, detect_naming  # noqa: F401  (module API)
+from leanpo_jax.models.llava_naming import (  # noqa: F401  (detect_naming: module API)
+    BUFFER, canonical_names, detect_naming, extra_vision_layers, mismatch_error, unused_vision_layer,
+)
 from leanpo_jax.models.safetensors_io import (
-    DEFAULT_MAX_SHARD_BYTES, INDEX_FILE, SINGLE_FILE, open_checkpoint, write_checkpoint,
+    DEFAULT_MAX_SHARD_BYTES, open_checkpoint, remove_weight_files, write_checkpoint,
 )
 
 _LM, _LM_HEAD = "language_model.model.", "language_model.lm_head.weight"
 _VT, _TEXT_HEAD = "vision_tower.vision_model.", "lm_head.weight"
 
-_VISION_LAYER = re.compile(r"^vision_tower\.vision_model\.encoder\.layers\.(\d+)\.(layer_norm[12]"
-                           r"|self_attn\.(q|k|v|out)_proj|mlp\.fc[12])\.(weight|bias)$")
-_SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
-_TENSORS_PER_VISION_LAYER = 16
-_BUFFER = re.compile(r"(^|\.)(position_ids|rotary_emb\.inv_freq)$")
 
 
 def _is_known_extra(name: str, config: VideoLLMConfig) -> bool:
-    if _BUFFER.search(name):
+    if BUFFER.search(name):
         return True
     if config.vision is None:
         return False
-    m = _VISION_LAYER.match(name)
-    return int(m.group(1)) >= config.vision.num_layers if m else name.startswith(_VT + "head.")
-
-
-def _extra_vision_layers(names, used: int) -> int:
-    """How many complete SigLIP layers used, used+1, ... the extras hold (0 if any gap)."""
-    counts = {}
-    for n in names:
-        m = _VISION_LAYER.match(n)
-        if m:
-            counts[int(m.group(1))] = counts.get(int(m.group(1)), 0) + 1
-    complete = set(counts.values()) <= {_TENSORS_PER_VISION_LAYER}
-    contiguous = sorted(counts) == list(range(used, used + len(counts)))
-    return len(counts) if complete and contiguous else 0
+    return unused_vision_layer(name, config.vision.num_layers) or name.startswith(_VT + "head.")
 
 
 # ----------------------------------------------------------------------------- parameter table
@@ -152,12 +135,9 @@ def _check_names(path, naming, names, table, config) -> tuple:
                      and n != tied_head)
     missing = sorted(needed - set(names))
     if missing or unknown:
-        raise ValueError(
-            f"{path} ({naming} naming) does not match the model config: "
-            + (f"{len(missing)} tensors missing (canonical names): {missing}; " if missing else "")
-            + (f"{len(unknown)} unknown tensors: {unknown}; " if unknown else "")
-            + "check the layer counts, tie_word_embeddings and attention_bias of the config "
-            "(config.json, config= or preset=).")
+        raise mismatch_error(path, naming, missing, unknown, "model",
+                             "check the layer counts, tie_word_embeddings and attention_bias of the config "
+                             "(config.json, config= or preset=).")
     return extras, tied_head
 
 
@@ -214,13 +194,11 @@ def save_hf(model: VideoLLM, out_dir, *, max_shard_bytes: int = DEFAULT_MAX_SHAR
                       "embed videos differently; load_hf restores these settings exactly")
     specs = export_specs(model, table, extras)
     os.makedirs(out_dir, exist_ok=True)
-    for fn in os.listdir(out_dir):
-        if fn in (SINGLE_FILE, INDEX_FILE) or _SHARD.fullmatch(fn):
-            os.remove(os.path.join(out_dir, fn))
+    remove_weight_files(out_dir)
     write_checkpoint(out_dir, specs, export_arrays(model, table, extras), max_shard_bytes=max_shard_bytes,
                      metadata={"format": "pt"})
     used = 0 if config.vision is None else config.vision.num_layers
-    hf = hf_config_dict(config, extra_vision_layers=_extra_vision_layers(extras, used),
+    hf = hf_config_dict(config, extra_vision_layers=extra_vision_layers(extras, used),
                         vision_head=any(n.startswith(_VT + "head.") for n in extras))
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(hf, f, indent=2, sort_keys=True)

@@ -1,0 +1,42 @@
+"""What every family's config carries besides its shapes, and small rules their parsers share.
+
+`RuntimeFields` is the base dataclass of each family config: compute / parameter dtypes, the
+attention implementation ("xla", "cudnn" or None = JAX picks) and per-layer remat. They are
+choices of a run, not properties of the weights: config.json never records them
+(`RUNTIME_FIELDS`), so a load picks its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeFields:
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    attention_impl: Optional[str] = None
+    remat: bool = False
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(RuntimeFields))
+
+
+def check_choice(name: str, value, choices: Sequence) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}; expected one of {tuple(choices)}")
+
+
+def vision_layers_run(full: int, feature_layer, where: str) -> int:
+    """Encoder layers a LLaVA-style feature layer runs: hidden_states has full + 1 entries
+    (entry 0: the embeddings), so a negative index -k runs full + 1 - k, a positive one itself."""
+    if not isinstance(feature_layer, int):
+        raise ValueError(f"{where}: vision feature layer {feature_layer!r}: only one layer is supported")
+    used = feature_layer if feature_layer >= 0 else full + 1 + feature_layer
+    if not 1 <= used <= full:
+        raise ValueError(f"{where}: vision feature layer {feature_layer} selects none of {full} layers")
+    return used
