@@ -9,6 +9,8 @@ choices of a run, not properties of the weights: config.json never records them
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Optional, Sequence
 
 
@@ -40,3 +42,14 @@ def vision_layers_run(full: int, feature_layer, where: str) -> int:
     if not 1 <= used <= full:
         raise ValueError(f"{where}: vision feature layer {feature_layer} selects none of {full} layers")
     return used
+
+
+def local_tower_config(tower: str, base_dir: Optional[str]) -> Optional[dict]:
+    """The vision config dict of an lmms-lab `mm_vision_tower` that names a local folder
+    (absolute, or relative to the checkpoint `base_dir`); None when it names none."""
+    for folder in (tower, os.path.join(base_dir or "", tower)):
+        if tower and os.path.isfile(os.path.join(folder, "config.json")):
+            with open(os.path.join(folder, "config.json")) as f:
+                d = json.load(f)
+            return d.get("vision_config", d)
+    return None

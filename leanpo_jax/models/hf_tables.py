@@ -213,7 +213,9 @@ def export_arrays(model: nnx.Module, table: list, extras: dict):
         yield np.asarray(jax.device_get(v))
 
 
-def unloaded_params(model: nnx.Module) -> list:
-    """Paths of Params still abstract after a load (a loader bug when non-empty)."""
-    return [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model))
+def check_all_loaded(model: nnx.Module, where: str) -> None:
+    """Raises naming every Param still abstract after a load from `where` (a loader bug)."""
+    left = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_leaves_with_path(nnx.state(model))
             if isinstance(x, jax.ShapeDtypeStruct)]
+    if left:
+        raise RuntimeError(f"{where}: parameters left unloaded (a loader bug): {left}")

@@ -14,14 +14,13 @@ Write: LlavaNextVideoConfig `.to_dict()` + our dict.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Optional
 
 from leanpo_jax.models.llava_next_video.config import (
     POOL_MODES, ClipVisionConfig, NextVideoConfig,
 )
-from leanpo_jax.models.family_config import RUNTIME_FIELDS, vision_layers_run
+from leanpo_jax.models.family_config import RUNTIME_FIELDS, local_tower_config, vision_layers_run
 from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
 from leanpo_jax.models.video_pooling import NEWLINE_LAYOUTS
 
@@ -89,11 +88,9 @@ def _lmms_vision(d: dict, base_dir: Optional[str], where: str):
     from transformers import CLIPVisionConfig
 
     tower = str(d.get("mm_vision_tower") or "")
-    for folder in (tower, os.path.join(base_dir or "", tower)):
-        if tower and os.path.isfile(os.path.join(folder, "config.json")):
-            with open(os.path.join(folder, "config.json")) as f:
-                sc = json.load(f)
-            return CLIPVisionConfig.from_dict(sc.get("vision_config", sc))
+    local = local_tower_config(tower, base_dir)
+    if local is not None:
+        return CLIPVisionConfig.from_dict(local)
     if "clip-vit-large-patch14-336" in tower:
         return CLIPVisionConfig(**_CLIP_L_336)
     raise ValueError(f"{where}: cannot tell the vision tower's shape from mm_vision_tower={tower!r}: "

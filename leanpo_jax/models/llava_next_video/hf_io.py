@@ -27,7 +27,7 @@ from flax import nnx
 
 from leanpo_jax.models.hf_tables import (
     cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
-    unloaded_params,
+    check_all_loaded,
 )
 from leanpo_jax.models.llava_naming import (
     BUFFER, LM_HEAD, LM_PREFIX, VISION_PREFIX, canonical_names, detect_naming, extra_vision_layers,
@@ -104,9 +104,7 @@ def load_hf(path, *, config: Optional[NextVideoConfig] = None, dtype=None) -> Ne
     load_entries(model, table, lambda n: ckpt[names[n]], names.get, target=target, where=path)
     model.hf_extra.set_value({n: jnp.asarray(cast_floating(np.asarray(ckpt[names[n]]), target))
                               for n in extras})
-    abstract = unloaded_params(model)
-    if abstract:
-        raise RuntimeError(f"{path}: parameters left unloaded (a loader bug): {abstract}")
+    check_all_loaded(model, path)
     return model
 
 

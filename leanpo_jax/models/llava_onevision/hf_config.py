@@ -12,12 +12,10 @@ Write: LlavaOnevisionConfig (Qwen2Config / LlamaConfig when text-only) `.to_dict
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from typing import Optional, Tuple
 
 from leanpo_jax.models.llava_onevision.config import NEWLINE_LAYOUTS, VideoLLMConfig, VisionConfig
-from leanpo_jax.models.family_config import RUNTIME_FIELDS, vision_layers_run
+from leanpo_jax.models.family_config import RUNTIME_FIELDS, local_tower_config, vision_layers_run
 from leanpo_jax.models.text_config import TextConfig, hf_text_kwargs, text_config_from_hf
 
 # Full google/siglip-so400m-patch14-384; lmms-lab configs name it and select layer -2 -> 26 run.
@@ -58,11 +56,9 @@ def _lmms_vision(d: dict, base_dir: Optional[str]):
     from transformers import SiglipVisionConfig
 
     tower = d.get("mm_vision_tower") or d.get("vision_tower") or ""
-    for folder in (tower, os.path.join(base_dir or "", tower)):
-        if tower and os.path.isfile(os.path.join(folder, "config.json")):
-            with open(os.path.join(folder, "config.json")) as f:
-                sc = json.load(f)
-            return SiglipVisionConfig.from_dict(sc.get("vision_config", sc))
+    local = local_tower_config(tower, base_dir)
+    if local is not None:
+        return SiglipVisionConfig.from_dict(local)
     if "siglip-so400m-patch14-384" in tower:
         return SiglipVisionConfig(**_SO400M)
     raise ValueError(f"cannot tell the vision tower's shape from mm_vision_tower={tower!r}: give "

@@ -46,7 +46,7 @@ from leanpo_jax.models.llava_onevision.model import VideoLLM
 from leanpo_jax.models.llava_onevision.siglip import siglip_hf_table
 from leanpo_jax.models.hf_tables import (
     cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
-    unloaded_params,
+    check_all_loaded,
 )
 from leanpo_jax.models.llava_naming import (  # noqa: F401  (detect_naming: module API)
     BUFFER, canonical_names, detect_naming, extra_vision_layers, mismatch_error, unused_vision_layer,
@@ -167,9 +167,7 @@ def load_hf(path, *, config: Optional[VideoLLMConfig] = None, dtype=None) -> Vid
                              "config ties them; use a config with tie_word_embeddings=False")
         extra_values[tied_head] = jnp.asarray(value)
     model.hf_extra.set_value(dict(sorted(extra_values.items())))
-    abstract = unloaded_params(model)
-    if abstract:
-        raise RuntimeError(f"{path}: parameters left unloaded (a loader bug): {abstract}")
+    check_all_loaded(model, path)
     return model
 
 
