@@ -178,3 +178,16 @@ def test_the_checkpoint_tokenizer_must_hold_the_video_placeholder(saved, tmp_pat
     chat = tokenize.ChatTokenizer.for_model(interface, write_llama_tokenizer(str(tmp_path / "ok")))
     ids = chat.prompt_ids("What moves?", 8)
     assert ids[0] == 1 and int(np.sum(ids == 1)) == 1 and int(np.sum(ids == 32000)) == 8
+
+
+def test_the_7b_preset_has_the_checkpoint_size():
+    """Vicuna-7B (32064 rows, untied) + 23 CLIP-L layers + projector: 7.051B (7.063B with the
+    24th CLIP layer the checkpoint also holds), as llava-hf/LLaVA-NeXT-Video-7B-hf (~7.06B)."""
+    from leanpo_jax.models import abstract_model
+    from leanpo_jax.models.params import num_params
+
+    model = abstract_model(get_preset("llava-next-video-7b"))
+    assert num_params(model.language_model) == 32064 * 4096 * 2 + 32 * (4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096) + 4096
+    assert num_params(model.connector) == 1024 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096
+    clip_layer = 4 * (1024 * 1024 + 1024) + 2 * 1024 * 4096 + 4096 + 1024 + 4 * 1024
+    assert num_params(model.vision_tower) == 24 * clip_layer - clip_layer + 577 * 1024 + 1024 + 14 * 14 * 3 * 1024 + 4 * 1024
