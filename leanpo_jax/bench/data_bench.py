@@ -23,6 +23,9 @@ class DataShape:
     batch: int
     batches: int
     workers: int
+    # Tokenizer folder (data.tokenizer); "" = the preset's own. A family whose presets ship no
+    # tokenizer (LLaVA-NeXT-Video: no Llama tokenizer offline) needs one named here.
+    tokenizer: str = ""
 
 
 FULL = DataShape("synthetic 384px 32f of 64", "llava-ov-qwen2-0.5b", videos=32, video_frames=64,
@@ -45,6 +48,7 @@ def run_data(shape: DataShape, workdir: str = "") -> list:
         data = data_config()
         data.pairs, data.num_frames = info["pairs"], shape.num_frames
         data.batch_size, data.num_workers = shape.batch, shape.workers
+        data.tokenizer = shape.tokenizer
         data.num_epochs = -(-(shape.batches + 1) * shape.batch // shape.videos)
         records = 0
         with DataPipeline(data, model=interface, train=True, workdir=tmp) as pipe:

@@ -1,6 +1,6 @@
 """Batched generation for any family's Video-LLM over its fixed-size KV cache (docs/model_facts.md §12).
 
-    sampler = Sampler(model, SamplingConfig(max_new_tokens=64, temperature=0.0))
+    sampler = Sampler(model, SamplingConfig(max_new_tokens=64, temperature=0.0, stop_ids=(tok.end_id,)))
     out = sampler.generate(prompt_ids, prompt_mask, frames=frames, seed=0)   # SampleOutput
     # or phase by phase (benchmarks): sampler.decode(sampler.prefill(ids, mask, video_embeds=v))
 
@@ -39,6 +39,7 @@ from flax import nnx
 
 from leanpo_jax.models.attention import KVCache, repeat_cache
 from leanpo_jax.models.merge import check_video_placeholders
+from leanpo_jax.models.registry import family_of
 
 _NEG = float(np.finfo(np.float32).min)
 
@@ -50,7 +51,10 @@ class SamplingConfig:
     top_p: float = 1.0  # nucleus mass; 1 = off
     top_k: int = 0  # 0 = off
     num_samples: int = 1  # k samples per prompt from ONE prefill (the cache is repeated, not recomputed)
-    stop_ids: tuple = (151645,)  # <|im_end|>; a row stops after emitting one
+    # A row stops after emitting one. No default: the end-of-turn id is the chat template's
+    # (`ChatTokenizer.end_id`: <|im_end|> for ChatML, </s> for vicuna_v1), which
+    # `self_generate.chat_sampling_config` sets; () = every row runs to max_new_tokens.
+    stop_ids: tuple = ()
     vocab_limit: int = 0  # ids >= vocab_limit are never sampled; 0 = no limit
     pad_id: int = 0  # written after a row stopped
     banned_ids: tuple = ()  # never sampled (e.g. chat-control and placeholder tokens)
@@ -225,6 +229,8 @@ class Sampler:
     def __init__(self, model, cfg: SamplingConfig):
         self.cfg = cfg
         self.config = model.config
+        # The placeholder id as the family's data interface names it (not a config attribute).
+        self.video_token_index = family_of(model.config).interface(model.config).video_token_index
         self.graphdef, self.state = nnx.split(model)
         graphdef = self.graphdef
         self._encode = jax.jit(lambda state, frames: nnx.merge(graphdef, state).encode_video(frames))
@@ -254,7 +260,7 @@ class Sampler:
             video_embeds = self.encode(frames)
         ids = jnp.asarray(prompt_ids, jnp.int32)
         if video_embeds is not None:  # the host-side placeholder check that a traced embed skips
-            check_video_placeholders(np.asarray(prompt_ids), self.config.video_token_index, video_embeds.shape[1])
+            check_video_placeholders(np.asarray(prompt_ids), self.video_token_index, video_embeds.shape[1])
         return self._prefill(self.state, ids, jnp.asarray(prompt_mask), video_embeds,
                              jnp.asarray(seed_words(seed, prompt_mask.shape[0])),
                              None if positions is None else jnp.asarray(positions, jnp.int32))

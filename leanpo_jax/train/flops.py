@@ -62,7 +62,7 @@ def step_flops(config, *, pairs: int, prompt_len: int, response_len: int,
         videos = g
     llm = 3.0 * (dense * tokens + _attention(config, visits) + head)
     vision = 0.0
-    if num_frames and config.vision is not None:
+    if num_frames and family_of(config).interface(config).has_video:
         vision = videos * family_of(config).vision_flops(config, num_frames) * (3.0 if train_vision else 1.0)
     return pairs * (llm + vision)
 
@@ -72,7 +72,8 @@ def batch_step_flops(config, batch_shapes: dict, *, layout: str,
     """`step_flops` from a batch's field shapes ({name: shape})."""
     pairs, prompt_len = batch_shapes["prompt_ids"][:2]
     response_len = batch_shapes["chosen_ids"][1]
-    frames = batch_shapes["frames"][1] if "frames" in batch_shapes and config.vision is not None else 0
+    has_video = family_of(config).interface(config).has_video  # the seam's word, not a config field
+    frames = batch_shapes["frames"][1] if "frames" in batch_shapes and has_video else 0
     if frames:
         assert num_video_tokens(config, frames) <= prompt_len
     return step_flops(config, pairs=pairs, prompt_len=prompt_len, response_len=response_len,
