@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +25,9 @@ class TextConfig:
     # Linear RoPE scaling (rope_type "linear"): positions are divided by this factor before the
     # angles are formed (LLaVA-NeXT-Video's Vicuna: 2.0). 1.0 = plain RoPE.
     rope_linear_factor: float = 1.0
+    # M-RoPE (Qwen2-VL / Qwen2.5-VL): frequencies per position axis (t, h, w), summing to
+    # head_dim / 2, e.g. (16, 24, 24); positions are then [B, 3, T]. None = 1-D RoPE.
+    mrope_section: Optional[Tuple[int, ...]] = None
 
     @property
     def resolved_head_dim(self) -> int:
