@@ -55,8 +55,11 @@ class ChatTemplate:
     """One user turn with a video and the assistant's reply, as template text.
 
     prompt = bos? ‖ system.format(system=...) (omitted when the system prompt is None)
-             ‖ user_head ‖ [video placeholders ‖ after_video ‖ question]   (video_first)
+             ‖ user_head ‖ [before_video ‖ video placeholders ‖ after_video ‖ question]
+                                                                         (video_first)
                            or [question ‖ before_video ‖ video placeholders]
+    (before_video / after_video appear only when there is a video: Qwen-VL's
+    <|vision_start|> / <|vision_end|>.)
              ‖ user_tail
     response = response_prefix ‖ text ‖ response_end (the end-of-turn token, part of the labels)
     `specials`: tokens written out in the template text that must be single ids. `bos`: a

@@ -216,7 +216,8 @@ class ChatTokenizer:
         parts.append(("template", t.user_head))
         if t.video_first:
             if num_video_tokens:
-                parts += [("video", num_video_tokens), ("template", t.after_video)]
+                parts += [("template", t.before_video), ("video", num_video_tokens),
+                          ("template", t.after_video)]
             parts.append(("user", user_text))
         else:
             parts.append(("user", user_text))

@@ -35,6 +35,9 @@ class TextConfig:
 
 
 ROPE_TYPES = ("default", "linear")
+# Text model types this decoder computes: Qwen2 (q/k/v biases), Llama, and the Qwen-VL text
+# models (Qwen2 with M-RoPE: `mrope_section` in the rope dict).
+_TEXT_KINDS = ("qwen2", "llama", "qwen2_vl_text", "qwen2_5_vl_text")
 
 
 def rope_from_hf(rope: Optional[dict], where: str) -> float:
@@ -42,6 +45,8 @@ def rope_from_hf(rope: Optional[dict], where: str) -> float:
     `rope_type` or legacy `type`): 1.0 for default RoPE; any other type is refused by name."""
     rope = dict(rope or {})
     kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind == "mrope":  # Qwen-VL's legacy name: default frequencies per position axis
+        kind = "default"
     if kind not in ROPE_TYPES:
         raise ValueError(f"{where}: rope type {kind!r} is not supported (supported: {ROPE_TYPES}); "
                          "Llama-3 / YaRN / dynamic scaling change the frequencies per band, which "
@@ -61,8 +66,8 @@ def text_config_from_hf(tc, *, tie: bool, outer_rope: Optional[dict] = None,
     rope dict found outside the text config (some conversions write it at the top level),
     used when the text config itself has default RoPE."""
     kind = getattr(tc, "model_type", "")
-    if kind not in ("qwen2", "llama"):
-        raise ValueError(f"{where}: text model_type {kind!r} is not supported (qwen2 or llama)")
+    if kind not in _TEXT_KINDS:
+        raise ValueError(f"{where}: text model_type {kind!r} is not supported ({', '.join(_TEXT_KINDS)})")
     rope = dict(getattr(tc, "rope_parameters", None) or getattr(tc, "rope_scaling", None) or {})
     theta = rope.get("rope_theta", getattr(tc, "rope_theta", None))
     factor = rope_from_hf(rope, where + " (text rope_parameters)")
@@ -80,9 +85,10 @@ def text_config_from_hf(tc, *, tie: bool, outer_rope: Optional[dict] = None,
         num_kv_heads=getattr(tc, "num_key_value_heads", None) or heads,
         head_dim=None if head_dim in (None, tc.hidden_size // heads) else int(head_dim),
         rope_theta=float(theta), rms_norm_eps=float(tc.rms_norm_eps),
-        attention_bias=kind == "qwen2" or bool(getattr(tc, "attention_bias", False)),
+        attention_bias=kind != "llama" or bool(getattr(tc, "attention_bias", False)),
         tie_word_embeddings=bool(tie), max_position_embeddings=tc.max_position_embeddings,
-        rope_linear_factor=factor)
+        rope_linear_factor=factor,
+        mrope_section=tuple(int(x) for x in rope["mrope_section"]) if rope.get("mrope_section") else None)
 
 
 def hf_text_kwargs(t: TextConfig) -> dict:
@@ -90,6 +96,8 @@ def hf_text_kwargs(t: TextConfig) -> dict:
     rope = {"rope_type": "default", "rope_theta": t.rope_theta}
     if t.rope_linear_factor != 1.0:
         rope = {"rope_type": "linear", "factor": t.rope_linear_factor, "rope_theta": t.rope_theta}
+    if t.mrope_section is not None:
+        rope["mrope_section"] = list(t.mrope_section)
     kw = dict(vocab_size=t.vocab_size, hidden_size=t.hidden_size, hidden_act="silu",
               intermediate_size=t.intermediate_size, num_hidden_layers=t.num_layers,
               num_attention_heads=t.num_heads, num_key_value_heads=t.num_kv_heads,
