@@ -101,9 +101,14 @@ def attend(
     implementation: Optional[str],
     *,
     causal: bool = True,
+    kv_lengths: Optional[jax.Array] = None,
 ) -> jax.Array:
     """softmax(q k^T / sqrt(hd) + mask) v with GQA. mask None means plain causal (T_q == T_k),
-    or, with causal=False, every query attending to every key (the vision tower)."""
+    or, with causal=False, every query attending to every key (the vision tower).
+    `kv_lengths` [B] int32 (mask None only): row b attends to keys j < kv_lengths[b] only, a
+    padding mask cuDNN applies natively (Qwen2.5-VL's ragged windows) with no [T, S] tensor."""
+    if kv_lengths is not None and mask is not None:
+        raise ValueError("attend: pass either mask or kv_lengths, not both")
     t, s = q.shape[1], k.shape[1]
     if mask is None and causal and t != s:
         raise ValueError(
@@ -121,7 +126,9 @@ def attend(
             mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_t), (0, pad_s)))
     if mask is None:
         # Non-causal: a padded key must stay hidden, by length rather than a materialised mask.
-        lengths = jnp.full((q.shape[0],), s, jnp.int32) if pad_s and not causal else None
+        lengths = kv_lengths
+        if lengths is None and pad_s and not causal:
+            lengths = jnp.full((q.shape[0],), s, jnp.int32)
         out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
                                            implementation=implementation)
     else:
