@@ -16,10 +16,11 @@ right when T_q == T_k; every other case here gets an explicit mask.
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class KV(NamedTuple):
@@ -39,23 +40,49 @@ class KVCache(NamedTuple):
     position: jax.Array  # [B] int32: RoPE position of the next token
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float, linear_factor: float = 1.0) -> jax.Array:
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float, linear_factor: float = 1.0,
+               mrope_section: Optional[Tuple[int, ...]] = None) -> jax.Array:
     """Rotate-half RoPE: x*cos(p*w) + rotate_half(x)*sin(p*w), w_j = theta^(-2j/hd) / linear_factor
     (linear scaling: p / factor, as HF's "linear" rope_type divides inv_freq by the factor).
 
     x [B, T, heads, hd], positions [B, T] integers. Angles are formed in f32 from the integer
     positions (bf16 angles are useless beyond a few hundred tokens); the result has x's dtype.
+
+    M-RoPE (Qwen2-VL, `mrope_section` = (s_t, s_h, s_w), sum hd/2): positions may be
+    [B, 3, T] (t, h, w axes); frequency j takes its position from axis a(j), where the
+    frequencies 0..s_t-1 use t, the next s_h use h, the last s_w use w, i.e. angle_j =
+    p[a(j)] * w_j, the same j in both rotate-half halves (transformers'
+    `recomposition_frequencies`). [B, T] positions mean all three axes equal, which is plain RoPE.
     """
     hd = x.shape[-1]
     inv_freq = 1.0 / (jnp.float32(theta) ** (jnp.arange(0, hd, 2, dtype=jnp.float32) / hd))
     if linear_factor != 1.0:
         inv_freq = inv_freq / jnp.float32(linear_factor)
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    if positions.ndim == 3:
+        if mrope_section is None:
+            raise ValueError(f"positions {positions.shape} have an axes dimension, but the decoder "
+                             "has no mrope_section (plain RoPE takes [B, T])")
+        axis_of = mrope_axis_of_frequency(mrope_section, hd)
+        # Pick each frequency's axis before multiplying: the same f32 products as HF's
+        # multiply-then-select. [B, 3, T] -> [B, T, hd/2].
+        positions = jnp.moveaxis(positions[:, axis_of, :], 1, 2)
+        angles = positions.astype(jnp.float32) * inv_freq
+    else:
+        angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
     cos = jnp.cos(angles)[:, :, None, :]
     sin = jnp.sin(angles)[:, :, None, :]
     x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
+
+
+def mrope_axis_of_frequency(mrope_section: Tuple[int, ...], head_dim: int) -> np.ndarray:
+    """[hd/2] int: the position axis (0 t, 1 h, 2 w) of each RoPE frequency under M-RoPE:
+    section i covers the next mrope_section[i] frequencies and reads axis i % 3 (HF's rule)."""
+    if sum(mrope_section) != head_dim // 2:
+        raise ValueError(f"mrope_section {tuple(mrope_section)} sums to {sum(mrope_section)}, "
+                         f"not head_dim / 2 = {head_dim // 2}")
+    return np.concatenate([np.full(n, i % 3, np.int32) for i, n in enumerate(mrope_section)])
 
 
 def self_attention_mask(key_mask: jax.Array) -> jax.Array:
@@ -166,3 +193,21 @@ def repeat_cache(cache: KVCache, times: int) -> KVCache:
         index=jnp.repeat(cache.index, times, axis=0),
         position=jnp.repeat(cache.position, times, axis=0),
     )
+
+
+def with_axes(positions: jax.Array, axes: int) -> jax.Array:
+    """[B, T] text positions -> [B, axes, T] (every axis equal, as M-RoPE reads text);
+    [B, A, T] tables pass through."""
+    if positions.ndim == 3:
+        return positions
+    return jnp.broadcast_to(positions[:, None, :], (positions.shape[0], axes, positions.shape[1]))
+
+
+def next_position(positions: jax.Array, valid: jax.Array) -> jax.Array:
+    """[B] int32: 1 + the largest position of each row's valid tokens over every axis (M-RoPE:
+    text after a vision block, and decoding, resume at the running maximum + 1); positions
+    [B, T] or [B, A, T], valid [B, T] bool. A row with no valid token gets 0."""
+    if positions.ndim == 3:
+        valid = valid[:, None, :]
+    flat = jnp.where(valid, positions + 1, 0).reshape(positions.shape[0], -1)
+    return jnp.max(flat, axis=1).astype(jnp.int32)

@@ -36,7 +36,11 @@ Entry points (embeddings in, because video embeddings are merged into the text f
   prefix + suffix in one pass (the train step's shared layout);
 - `init_cache(batch, max_len)`, `prefill(embeds, positions, mask, max_len=) -> (hidden, cache)`,
   `decode_step(embeds, cache, positions=None) -> (hidden, cache)` (the same suffix code).
-`mask` is [B, T] key validity; positions default to 0..T-1. Without a mask, attention is plain
+`mask` is [B, T] key validity; positions default to 0..T-1. With `config.mrope_section`
+(M-RoPE) every positions argument is [B, T] (text: all three axes equal) or a [B, 3, T]
+(t, h, w) table; `packed` broadcasts [B, S] response positions to the prompt table's axes,
+`prefill` sets the cache's next position to 1 + the largest valid position over all axes, and
+decoding continues from it on all three axes. Without a mask, attention is plain
 causal (`is_causal=True`, the fused kernel); with right padding that is already exact at every
 valid position (padded keys only follow valid queries), so callers may omit the mask there;
 an explicit mask is [B, 1, T, T] (cuDNN turns it into a bias of that size), fine for suffixes
@@ -53,8 +57,8 @@ import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.attention import (
-    KV, KVCache, apply_rope, attend, mark_valid, self_attention_mask, suffix_attention_mask,
-    write_rows,
+    KV, KVCache, apply_rope, attend, mark_valid, mrope_axis_of_frequency, next_position,
+    self_attention_mask, suffix_attention_mask, with_axes, write_rows,
 )
 from leanpo_jax.models.text_config import TextConfig
 from leanpo_jax.models.params import logical_param, normal_init
@@ -151,6 +155,8 @@ class Qwen2(nnx.Module):
                  eager_sharding: Optional[bool] = None):
         if config.num_heads % config.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if config.mrope_section is not None:  # refuse a bad section at build time, not at trace time
+            mrope_axis_of_frequency(config.mrope_section, config.resolved_head_dim)
         self.config, self.remat, self.attention_impl = config, remat, attention_impl
         self.dtype = jnp.dtype(dtype)
         init = _Init(rngs, jnp.dtype(param_dtype), eager_sharding)
@@ -190,8 +196,8 @@ class Qwen2(nnx.Module):
         v = jnp.einsum("btd,dnh->btnh", h, p["v_kernel"])
         if c.attention_bias:
             q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
-        q = apply_rope(q, positions, c.rope_theta, c.rope_linear_factor)
-        k = apply_rope(k, positions, c.rope_theta, c.rope_linear_factor)
+        q = apply_rope(q, positions, c.rope_theta, c.rope_linear_factor, c.mrope_section)
+        k = apply_rope(k, positions, c.rope_theta, c.rope_linear_factor, c.mrope_section)
         if prompt_len is not None:
             # Prompt rows causally among themselves (the fused kernel, no mask); response rows
             # over every key with the block mask. QKV/O/MLP stay one matmul each for both.
@@ -233,7 +239,8 @@ class Qwen2(nnx.Module):
         return self.prefix(embeds, positions, mask)[0]
 
     def prefix(self, embeds, positions=None, mask=None):
-        """Causal forward over a prompt -> (hidden [B, P, D], KV with each [L, B, P, K, hd])."""
+        """Causal forward over a prompt -> (hidden [B, P, D], KV with each [L, B, P, K, hd]);
+        positions [B, P] or (M-RoPE) [B, 3, P]."""
         b, t = embeds.shape[:2]
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -243,7 +250,8 @@ class Qwen2(nnx.Module):
     def suffix(self, embeds, positions, kv_prefix: KV, kv_mask=None, mask=None) -> jax.Array:
         """Tokens that attend to [valid prefix keys ‖ their own row, causally] -> [B2, S, D].
 
-        embeds [B2, S, D], positions [B2, S] (explicit: they continue each row's prompt),
+        embeds [B2, S, D], positions [B2, S] or [B2, 3, S] (explicit: they continue each row's
+        prompt),
         kv_prefix each [L, Bp, P, K, hd], kv_mask [Bp, P] prefix key validity (None: all valid),
         mask [B2, S] own key validity (None: all valid; right padding needs none).
         Broadcasting rule: B2 = g * Bp with rows grouped, suffix row r uses prefix row r // g
@@ -264,8 +272,9 @@ class Qwen2(nnx.Module):
         """`prefix` + `suffix` in ONE pass: [prompt ‖ its g responses] per prompt row.
 
         prompt_embeds [Bp, P, D] (right-padded: no prompt mask needed) at prompt_positions
-        [Bp, P] (None: 0..P-1),
-        response_embeds [B2 = g·Bp, S, D] grouped as in `suffix`, response_positions [B2, S],
+        [Bp, P] or [Bp, 3, P] (None: 0..P-1),
+        response_embeds [B2 = g·Bp, S, D] grouped as in `suffix`, response_positions [B2, S]
+        (text: broadcast to the prompt table's axes) or [B2, 3, S],
         kv_mask [Bp, P] prompt key validity, mask [B2, S] own key validity. Same values as
         prefix + suffix, but each layer runs one set of matmuls over Bp·(P + g·S) tokens rather
         than a long pass and a short one. -> (hidden_prompt [Bp, P, D], hidden_responses [B2, S, D]).
@@ -279,8 +288,13 @@ class Qwen2(nnx.Module):
         x = jnp.concatenate([prompt_embeds.astype(self.dtype), merge(response_embeds).astype(self.dtype)], axis=1)
         if prompt_positions is None:
             prompt_positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (bp, t))
-        positions = jnp.concatenate([prompt_positions.astype(jnp.int32),
-                                     merge(response_positions.astype(jnp.int32))], axis=1)
+        pp, rp = prompt_positions.astype(jnp.int32), response_positions.astype(jnp.int32)
+        if pp.ndim == 3 or rp.ndim == 3:  # M-RoPE tables [B, A, T]: text positions get A axes
+            axes = (pp if pp.ndim == 3 else rp).shape[1]
+            rows = with_axes(rp, axes).reshape(bp, g, axes, s).transpose(0, 2, 1, 3)
+            positions = jnp.concatenate([with_axes(pp, axes), rows.reshape(bp, axes, g * s)], axis=-1)
+        else:
+            positions = jnp.concatenate([pp, merge(rp)], axis=1)
         hidden, _ = self._run(x, positions, _response_mask(kv_mask, mask, bp, t, s, g), None, prompt_len=t)
         return hidden[:, :t], hidden[:, t:].reshape(b2, s, hidden.shape[-1])
 
@@ -297,7 +311,8 @@ class Qwen2(nnx.Module):
         """`prefix` over the prompt, stored in a cache of max_len slots -> (hidden, cache).
 
         Slot j holds prompt token j; valid = mask; index = last valid slot + 1 (right padding:
-        the true length, so decoding overwrites the pad slots); position = last position + 1.
+        the true length, so decoding overwrites the pad slots); position = 1 + the largest
+        valid position (over all axes of a [B, 3, T] table: M-RoPE resumes at the maximum).
         """
         b, t = embeds.shape[:2]
         if max_len < t:
@@ -308,14 +323,16 @@ class Qwen2(nnx.Module):
         pad = [(0, 0), (0, 0), (0, max_len - t), (0, 0), (0, 0)]
         valid = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
         index = jnp.max(jnp.where(valid, jnp.arange(1, t + 1), 0), axis=1).astype(jnp.int32)
-        position = jnp.max(jnp.where(valid, positions + 1, 0), axis=1).astype(jnp.int32)
+        position = next_position(positions, valid)
         cache = KVCache(jnp.pad(kv.k, pad), jnp.pad(kv.v, pad),
                         jnp.pad(valid, [(0, 0), (0, max_len - t)]), index, position)
         return hidden, cache
 
     def decode_step(self, embeds, cache: KVCache, positions=None):
         """Runs S new tokens (usually 1) as a suffix over the cache, then writes their K/V at
-        each row's `index` -> (hidden [B, S, D], cache). Needs index + S <= max_len."""
+        each row's `index` -> (hidden [B, S, D], cache). Needs index + S <= max_len.
+        positions None: cache.position + 0..S-1 ([B, S]: on every M-RoPE axis); explicit
+        [B, 3, S] continue at 1 + their last column's maximum."""
         b, s = embeds.shape[:2]
         if positions is None:
             positions = cache.position[:, None] + jnp.arange(s, dtype=jnp.int32)
@@ -325,7 +342,7 @@ class Qwen2(nnx.Module):
             v=write_rows(cache.v, own.v, cache.index),
             valid=mark_valid(cache.valid, cache.index, s),
             index=cache.index + s,
-            position=positions[:, -1].astype(jnp.int32) + 1,
+            position=next_position(positions[..., -1:], jnp.ones((b, 1), bool)),
         )
         return hidden, new_cache
 
