@@ -23,12 +23,14 @@ from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.models.family import Family
 from leanpo_jax.models.llava_next_video.family import FAMILY as LLAVA_NEXT_VIDEO
 from leanpo_jax.models.llava_onevision.family import FAMILY as LLAVA_ONEVISION
+from leanpo_jax.models.qwen_vl.family import FAMILY as QWEN_VL
 
 # Order matters only for checkpoint detection: LLaVA-NeXT-Video's lmms-lab files also carry the
 # mm_* keys that LLaVA-OneVision's accepts_hf takes, so it is asked first.
 FAMILIES: List[Family] = [
     LLAVA_NEXT_VIDEO,
     LLAVA_ONEVISION,
+    QWEN_VL,
 ]
 
 

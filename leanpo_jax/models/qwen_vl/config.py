@@ -74,7 +74,7 @@ class QwenVLConfig(RuntimeFields):
     """
 
     vision: QwenVisionConfig = dataclasses.field(default_factory=QwenVisionConfig)
-    text: TextConfig = dataclasses.field(default_factory=TextConfig)
+    text: TextConfig = dataclasses.field(default_factory=lambda: TextConfig(mrope_section=(16, 24, 24)))
     num_frames: int = 32
     video_size: Tuple[int, int] = (448, 448)
     tokens_per_second: float = 2.0

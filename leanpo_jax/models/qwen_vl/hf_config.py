@@ -70,12 +70,12 @@ def config_from_hf(d: dict, base_dir: Optional[str] = None) -> QwenVLConfig:
         raise ValueError(f"{where}: mrope_section {list(text.mrope_section)} does not cover head_dim "
                          f"{text.resolved_head_dim} (its sum must be head_dim / 2)")
     vision = _vision(hf.vision_config, version, where)
-    defaults = QwenVLConfig()
-    tps = getattr(hf.vision_config, "tokens_per_second", defaults.tokens_per_second)
+    defaults = {f.name: f.default for f in dataclasses.fields(QwenVLConfig)}
+    tps = getattr(hf.vision_config, "tokens_per_second", defaults["tokens_per_second"])
     return QwenVLConfig(vision=vision, text=text, tokens_per_second=float(tps),
                         image_token_id=hf.image_token_id, video_token_id=hf.video_token_id,
                         vision_start_token_id=hf.vision_start_token_id,
-                        vision_end_token_id=getattr(hf, "vision_end_token_id", defaults.vision_end_token_id))
+                        vision_end_token_id=getattr(hf, "vision_end_token_id", defaults["vision_end_token_id"]))
 
 
 def _leanpo_dict(config: QwenVLConfig) -> dict:
@@ -94,6 +94,11 @@ def _config_from_leanpo(d: dict) -> QwenVLConfig:
     return QwenVLConfig(vision=vision, text=text, **_tuples(d))
 
 
+def _int_if_whole(x: float):
+    """transformers' strict config fields want ints where our config keeps floats."""
+    return int(x) if float(x).is_integer() else x
+
+
 def transformers_dict(config: QwenVLConfig) -> dict:
     """The transformers config.json dict of `config` (5.x layout, model_type set)."""
     import transformers
@@ -102,7 +107,7 @@ def transformers_dict(config: QwenVLConfig) -> dict:
     text = dict(hf_text_kwargs(t), max_window_layers=t.num_layers, use_sliding_window=False)
     if v.version == "2":
         vision = dict(depth=v.depth, embed_dim=v.hidden_size, hidden_size=v.out_hidden_size,
-                      mlp_ratio=v.mlp_ratio, num_heads=v.num_heads, in_channels=v.in_channels,
+                      mlp_ratio=_int_if_whole(v.mlp_ratio), num_heads=v.num_heads, in_channels=v.in_channels,
                       patch_size=v.patch_size, spatial_merge_size=v.spatial_merge_size,
                       temporal_patch_size=v.temporal_patch_size, hidden_act="quick_gelu")
     else:
@@ -111,7 +116,7 @@ def transformers_dict(config: QwenVLConfig) -> dict:
                       patch_size=v.patch_size, spatial_merge_size=v.spatial_merge_size,
                       temporal_patch_size=v.temporal_patch_size, window_size=v.window_size,
                       fullatt_block_indexes=list(v.fullatt_block_indexes),
-                      tokens_per_second=config.tokens_per_second, hidden_act="silu")
+                      tokens_per_second=_int_if_whole(config.tokens_per_second), hidden_act="silu")
     cls_name, arch = _CLASSES[v.version]
     return getattr(transformers, cls_name)(
         text_config=text, vision_config=vision, image_token_id=config.image_token_id,

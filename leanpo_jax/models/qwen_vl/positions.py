@@ -34,9 +34,12 @@ def time_interval(config: QwenVLConfig, second_per_grid_t: Optional[float] = Non
     return float(config.tokens_per_second) * sec
 
 
-def video_block(config: QwenVLConfig, start: int, *, second_per_grid_t: Optional[float] = None) -> np.ndarray:
-    """int64 [3, N]: the (t, h, w) positions of one video's N tokens starting at `start`."""
+def video_block(config: QwenVLConfig, start: int, *, second_per_grid_t: Optional[float] = None,
+                temporal: Optional[int] = None) -> np.ndarray:
+    """int64 [3, N]: the (t, h, w) positions of one video's N tokens starting at `start`;
+    `temporal`: its temporal patches (default: the config's num_frames / 2, rounded up)."""
     t, h, w = video_grid(config)
+    t = t if temporal is None else int(temporal)
     m = config.vision.spatial_merge_size
     # The temporal patches are not merged further (temporal merge 1); space is merged m x m.
     gt, gh, gw = t, h // m, w // m
@@ -49,15 +52,16 @@ def video_block(config: QwenVLConfig, start: int, *, second_per_grid_t: Optional
 def rope_positions(prompt_ids, config: QwenVLConfig, *, second_per_grid_t: Optional[float] = None) -> np.ndarray:
     """prompt_ids [P] -> int32 [3, P] (t, h, w) M-RoPE positions (module docstring rule).
 
-    Every maximal run of `video_token_id` ids is one video and must hold exactly
-    `num_video_tokens(config)` ids (ValueError otherwise); image placeholders are refused
-    (this family feeds videos only).
+    Every maximal run of `video_token_id` ids is one video of run / (H/28 · W/28) temporal
+    patches (a run that is no whole number of them is a ValueError); image placeholders are
+    refused (this family feeds videos only).
     """
     ids = np.asarray(prompt_ids).reshape(-1)
     if np.any(ids == config.image_token_id):
         raise ValueError(f"prompt holds image placeholder ids ({config.image_token_id}); "
                          "Qwen-VL prompts here carry videos only")
-    n_video = num_video_tokens(config)
+    # A run's length gives its temporal patches (the run's frame count is the data side's).
+    per_slice = num_video_tokens(config, config.vision.temporal_patch_size)
     out = np.empty((3, ids.shape[0]), np.int64)
     is_pad = ids == config.video_token_id
     nxt, i = 0, 0  # nxt = max(positions so far) + 1
@@ -67,11 +71,11 @@ def rope_positions(prompt_ids, config: QwenVLConfig, *, second_per_grid_t: Optio
             nxt, i = nxt + 1, i + 1
             continue
         run = int(np.argmin(is_pad[i:])) if not is_pad[i:].all() else ids.shape[0] - i
-        if run != n_video:
+        if run % per_slice:
             raise ValueError(f"a run of {run} video placeholder ids ({config.video_token_id}) at "
-                             f"index {i}; one video of this config is {n_video} tokens "
-                             f"(grid {video_grid(config)}, 2x2 merge)")
-        block = video_block(config, nxt, second_per_grid_t=second_per_grid_t)
+                             f"index {i} is not a whole number of temporal patches: each is {per_slice} "
+                             f"tokens at video_size {tuple(config.video_size)} (2x2 merge)")
+        block = video_block(config, nxt, second_per_grid_t=second_per_grid_t, temporal=run // per_slice)
         out[:, i:i + run] = block
         nxt, i = int(block.max()) + 1, i + run
     return out.astype(np.int32)

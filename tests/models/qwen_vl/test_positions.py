@@ -97,9 +97,13 @@ def test_qwen2_ignores_the_time_interval():
 def test_text_only_and_wrong_pad_runs():
     np.testing.assert_array_equal(rope_positions(np.full(4, T), Q2), np.tile(np.arange(4), (3, 1)))
     assert next_position(np.zeros((3, 0), np.int32)) == 0
-    for n in (7, 16):  # a short run; two videos with no separator
-        with pytest.raises(ValueError, match=f"a run of {n} video placeholder ids.* is 8 tokens"):
+    for n in (7, 6):  # no whole number of 4-token temporal patches (2 x 2 merged 4 x 4 patches)
+        with pytest.raises(ValueError, match=f"a run of {n} video placeholder ids.* each is 4 tokens"):
             rope_positions(np.asarray([T, VS] + [PAD] * n + [VE]), Q2)
+    # The run's length gives its frames: 12 tokens = 3 temporal patches (6 frames), t = 2, 3, 4.
+    table = rope_positions(np.asarray([T, VS] + [PAD] * 12 + [VE]), Q2)
+    np.testing.assert_array_equal(table[0, 2:14], np.repeat([2, 3, 4], 4))
+    assert next_position(table) == 6
     with pytest.raises(ValueError, match="image placeholder"):
         rope_positions(np.asarray([T, Q2.image_token_id]), Q2)
 
