@@ -88,6 +88,9 @@ FULL_STEP_SHAPES: List[StepShape] = [
     # LLaVA-NeXT-Video-7B (CLIP-L/336, 144 tokens per frame, Llama-2-7B cut to 8 layers).
     StepShape("llava-next-video-7b-8L 16f remat", "llava-next-video-7b-8L", pairs=1, frames=16,
               prompt_text=64, response=256, remat=True),
+    # 32 frames at 448 x 448: 16 x 16 x 16 = 4,096 video tokens (Qwen2.5-VL-7B, 8 of 28 layers).
+    StepShape("qwen2.5-vl-7b-8L 32f remat", "qwen2.5-vl-7b-8L", pairs=1, frames=32, prompt_text=64,
+              response=256, remat=True),
 ]
 
 TINY_STEP_SHAPES: List[StepShape] = [
@@ -95,6 +98,7 @@ TINY_STEP_SHAPES: List[StepShape] = [
     StepShape("tiny-text 1x96 remat", "tiny-text", pairs=1, seq=96, response=16, remat=True),
     StepShape("tiny-video 4f", "tiny-video", pairs=1, frames=4, prompt_text=12, response=8),
     StepShape("tiny-next-video 4f", "llava-next-video-tiny", pairs=1, frames=4, prompt_text=12, response=8),
+    StepShape("tiny-qwen2.5-vl 4f", "qwen2.5-vl-tiny", pairs=1, frames=4, prompt_text=12, response=8),
 ]
 
 

@@ -57,6 +57,8 @@ def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
         prompt[:, start:start + n] = interface.video_token_index
         h, w = interface.frames.size
         fields["frames"] = rng.integers(0, 256, (pairs, shape.frames, h, w, 3), dtype=np.uint8)
+        if interface.positions_fn is not None:  # M-RoPE families: the host-side position table
+            fields["prompt_positions"] = np.stack([interface.positions_fn(row) for row in prompt]).astype(np.int32)
     return make_batch("pairs", **fields)
 
 

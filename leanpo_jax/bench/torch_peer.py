@@ -26,8 +26,9 @@ from leanpo_jax.train import flops as flops_lib
 IMPLS = ("torch-hf", "torch-liger")
 # Parameter names (substrings) of the frozen vision side in transformers' LLaVA classes
 # (OneVision, NeXT-Video: model.vision_tower.*, model.multi_modal_projector.*,
-# model.image_newline, and NeXT-Video's model.vision_resampler, parameter-free unless "conv").
-FROZEN_NAMES = ("vision_tower", "multi_modal_projector", "image_newline", "vision_resampler")
+# model.image_newline, and NeXT-Video's model.vision_resampler, parameter-free unless "conv")
+# and Qwen-VL's model.visual.* (ViT + merger), as our step freezes them.
+FROZEN_NAMES = ("vision_tower", "multi_modal_projector", "image_newline", "vision_resampler", "visual")
 
 
 def liger_available() -> bool:
@@ -144,9 +145,16 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
     if shape.is_video:
         policy = family_of(config).interface(config).frames  # the model's own mean / std
         x = normalize_frames(b["frames"], policy.mean, policy.std)  # float32, as our step does
-        frames = torch.as_tensor(x, device=device).permute(0, 1, 4, 2, 3).to(dtype)
-        # transformers' LLaVA video classes take [B, F, C, H, W] as pixel_values_videos.
-        kwargs["pixel_values_videos"] = torch.cat([frames, frames])  # duplicated, as the peers do
+        for key, value in family_of(config).transformers_video_inputs(config, np.asarray(x)).items():
+            t = torch.as_tensor(np.ascontiguousarray(value), device=device)
+            t = t.to(dtype) if t.is_floating_point() else t
+            kwargs[key] = torch.cat([t, t])  # the video duplicated for both responses, as the peers do
+    if "prompt_positions" in b:  # M-RoPE: our host table, responses continuing at its max + 1
+        table = np.concatenate([b["prompt_positions"], b["prompt_positions"]])  # [2B, 3, P]
+        start = table.reshape(table.shape[0], -1).max(axis=1) + 1
+        resp = start[:, None, None] + np.arange(r)[None, None, :]
+        full = np.concatenate([table, np.broadcast_to(resp, table.shape[:2] + (r,))], axis=2)
+        kwargs["position_ids"] = torch.as_tensor(full.transpose(1, 0, 2).astype(np.int64), device=device)
     if impl == "torch-liger":
         from liger_kernel.chunked_loss import LigerFusedLinearSimPOLoss
 

@@ -95,6 +95,13 @@ class Family(abc.ABC):
             f"family {self.name!r} names no transformers equivalent: implement "
             f"{type(self).__name__}.transformers_model to give its configs a PyTorch peer")
 
+    def transformers_video_inputs(self, config, frames) -> Dict[str, "np.ndarray"]:
+        """The video keyword arguments of the transformers model of `transformers_model` for
+        normalised frames [B, F, H, W, C] (numpy float32): LLaVA classes take
+        pixel_values_videos [B, F, C, H, W]. Every value's axis 0 concatenates over batches."""
+        del config
+        return {"pixel_values_videos": frames.transpose(0, 1, 4, 2, 3)}
+
     def abstract(self, config):
         """The model with shape/dtype placeholders instead of arrays (no init pass)."""
         return nnx.eval_shape(lambda: self.build(config, nnx.Rngs(0)))

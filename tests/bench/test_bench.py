@@ -17,7 +17,7 @@ from leanpo_jax.bench.shapes import TINY_STEP_SHAPES, FULL_STEP_SHAPES
 
 # Shape-name needles of every family's rows (--only NAME keeps names containing NAME); the CLI
 # run below takes the first two (the OneVision tiny rows) to stay short.
-OV_ONLY = ("tiny-text", "tiny-video", "llava-ov", "llava-video", "llava-next-video")
+OV_ONLY = ("tiny-text", "tiny-video", "llava-ov", "llava-video", "llava-next-video", "qwen")
 OV_TINY = [s for s in TINY_STEP_SHAPES if any(o in s.name for o in OV_ONLY)]
 
 
@@ -61,7 +61,7 @@ def test_tiny_run_reports_every_mode_with_consistent_numbers(tiny_rows):
         assert needle in stdout
 
 
-@pytest.mark.parametrize("shape", [s for s in TINY_STEP_SHAPES if s.name in ("tiny-text 2x64", "tiny-video 4f", "tiny-next-video 4f")],
+@pytest.mark.parametrize("shape", [s for s in TINY_STEP_SHAPES if s.name in ("tiny-text 2x64", "tiny-video 4f", "tiny-next-video 4f", "tiny-qwen2.5-vl 4f")],
                          ids=lambda s: s.name)
 def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     """The peer's first-step loss (HF transformers, TRL-style concatenated batch, video

@@ -70,6 +70,17 @@ class QwenVLFamily(Family):
         d = transformers_dict(config)
         return d["architectures"][0], d
 
+    def transformers_video_inputs(self, config: QwenVLConfig, frames):
+        """pixel_values_videos: patch rows [B·t·h·w, C·2·14·14] (the processor's layout) and
+        video_grid_thw [B, 3]."""
+        import numpy as np
+
+        from leanpo_jax.models.qwen_vl.vision_layout import patchify
+
+        rows = np.asarray(patchify(frames, config.vision))
+        grid = np.tile(np.asarray(video_grid(config, frames.shape[1]), np.int64), (frames.shape[0], 1))
+        return {"pixel_values_videos": rows.reshape(-1, rows.shape[-1]), "video_grid_thw": grid}
+
     def vision_flops(self, config: QwenVLConfig, num_frames: int) -> float:
         """Forward FLOPs of the ViT (per temporal slice / window attention) + merger on one video."""
         v, d = config.vision, config.text.hidden_size
