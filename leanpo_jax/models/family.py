@@ -105,3 +105,32 @@ class Family(abc.ABC):
     def abstract(self, config):
         """The model with shape/dtype placeholders instead of arrays (no init pass)."""
         return nnx.eval_shape(lambda: self.build(config, nnx.Rngs(0)))
+
+
+class CheckpointFamily(Family):
+    """A family whose checkpoint code is one module `hf_io` (checkpoint_config, load_hf,
+    save_hf), whose config.json test is `is_config` and whose model class is `model_class`:
+    the seam's checkpoint methods then need no code of their own."""
+
+    hf_io = None
+    model_class: type = object
+
+    @staticmethod
+    def is_config(config_json: dict) -> bool:
+        raise NotImplementedError
+
+    def accepts_hf(self, config_json: dict) -> bool:
+        return self.is_config(config_json)
+
+    def config_from_hf(self, folder: str, config_json: dict):
+        return self.hf_io.checkpoint_config(folder, config_json)
+
+    def build(self, config, rngs):
+        return self.model_class(config, rngs=rngs)
+
+    def load_hf(self, path: str, *, config=None, dtype=None):
+        return self.hf_io.load_hf(path, config=config, dtype=dtype)
+
+    def save_hf(self, model, out_dir: str, **kwargs) -> str:
+        return self.hf_io.save_hf(model, out_dir, **kwargs)
+

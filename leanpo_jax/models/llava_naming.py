@@ -61,21 +61,32 @@ def detect_naming(keys, where: str = "checkpoint") -> str:
                      "transformers (model.language_model.*), lmms-lab or causal-LM (model.*)")
 
 
-def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint") -> dict:
-    """{canonical name: name in the file} for every key."""
+def rename_keys(keys, rules, where: str = "checkpoint", post=None) -> dict:
+    """{canonical name: name in the file}: the first (pattern, replacement) of `rules` that
+    matches a key renames it, then `post(name)` if given; two keys landing on one name is an
+    error naming both."""
     out = {}
     for key in keys:
         name = key
-        for pattern, repl in _RULES[naming]:
+        for pattern, repl in rules:
             name, hits = re.subn(pattern, repl, key, count=1)
             if hits:
                 break
-        if text_only:
-            name = re.sub(r"^language_model\.(?=model\.|lm_head\.)", "", name)
+        if post is not None:
+            name = post(name)
         if name in out:
             raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
         out[name] = key
     return out
+
+
+def _strip_language_model(name: str) -> str:
+    return re.sub(r"^language_model\.(?=model\.|lm_head\.)", "", name)
+
+
+def canonical_names(keys, naming: str, text_only: bool, where: str = "checkpoint") -> dict:
+    """{canonical name: name in the file} for every key (text-only: plain causal-LM names)."""
+    return rename_keys(keys, _RULES[naming], where, _strip_language_model if text_only else None)
 
 
 # ------------------------------------------------------------------ tensors beside the params

@@ -11,12 +11,11 @@ ids (F·144 at 336 px); the chat template is vicuna_v1 with one BOS; self-genera
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
-from leanpo_jax.data import tokenize
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
-from leanpo_jax.models.family import NUCLEUS, Family
+from leanpo_jax.data.tokenizer_files import model_tokenizer_dir
+from leanpo_jax.models.family import CheckpointFamily, NUCLEUS
 from leanpo_jax.models.llava_next_video import hf_io
 from leanpo_jax.models.llava_next_video.config import PRESETS, NextVideoConfig, num_video_tokens
 from leanpo_jax.models.llava_next_video.hf_config import (
@@ -26,28 +25,16 @@ from leanpo_jax.models.llava_next_video.model import NextVideoLLM
 from leanpo_jax.models.llava_next_video.template import VICUNA_V1
 
 
-class LlavaNextVideoFamily(Family):
+class LlavaNextVideoFamily(CheckpointFamily):
     name = FAMILY_NAME
     config_type = NextVideoConfig
     presets = PRESETS
 
-    def accepts_hf(self, config_json: dict) -> bool:
-        return is_family_config(config_json)
-
-    def config_from_hf(self, folder: str, config_json: dict) -> NextVideoConfig:
-        return hf_io.checkpoint_config(folder, config_json)
-
-    def build(self, config: NextVideoConfig, rngs) -> NextVideoLLM:
-        return NextVideoLLM(config, rngs=rngs)
-
-    def load_hf(self, path: str, *, config: Optional[NextVideoConfig] = None, dtype=None) -> NextVideoLLM:
-        return hf_io.load_hf(path, config=config, dtype=dtype)
-
-    def save_hf(self, model: NextVideoLLM, out_dir: str, **kwargs) -> str:
-        return hf_io.save_hf(model, out_dir, **kwargs)
+    hf_io = hf_io
+    model_class = NextVideoLLM
+    is_config = staticmethod(is_family_config)
 
     def interface(self, config: NextVideoConfig, folder: Optional[str] = None) -> ModelInterface:
-        own = None if folder is None else os.path.join(folder, tokenize.TOKENIZER_FILE)
         v = config.vision
         return ModelInterface(
             family=self.name, vocab_size=config.text.vocab_size,
@@ -59,7 +46,7 @@ class LlavaNextVideoFamily(Family):
             # Only a checkpoint's tokenizer is checked against the placeholder's text.
             video_token=None if folder is None else config.video_token,
             # No Llama tokenizer ships offline: a preset needs data.tokenizer.
-            tokenizer=folder if own is not None and os.path.isfile(own) else None)
+            tokenizer=model_tokenizer_dir(folder, config.text.vocab_size))
 
     def transformers_model(self, config: NextVideoConfig) -> Tuple[str, dict]:
         """LlavaNextVideoForConditionalGeneration and its config.json dict; ValueError for the

