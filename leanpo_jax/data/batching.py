@@ -122,8 +122,8 @@ class ExampleMaker:
         path = os.path.join(self.video_root, record.video)
         policy = self.spec.frames
         try:
-            frames, _ = video_lib.read_video(path, self.spec.num_frames, image_size=policy.size,
-                                             resize=policy.resize, frame_sampling=self.spec.frame_sampling)
+            frames, _ = video_lib.read_video(path, self.spec.num_frames, frame_sampling=self.spec.frame_sampling,
+                                             **video_lib.policy_read_args(policy))
         except video_lib.VideoError as e:
             return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
         return {**encoded, "frames": frames}

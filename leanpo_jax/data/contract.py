@@ -29,7 +29,12 @@ class FramePolicy:
     size (H, W); resize "direct" (bicubic to H x W, SigLIP) or "shortest_edge_crop" (shortest
     edge to the crop size, then a centre crop, CLIP); mean / std: normalisation
     (x / 255 - mean) / std applied on device; frame_multiple: the frame count F must be a
-    multiple of it (e.g. 2 for a temporal patch size of 2).
+    multiple of it (e.g. 2 for a temporal patch size of 2). Source limits, checked on every
+    decoded frame (0 = unchecked; a breach is a counted skip, records.VIDEO_TOO_SMALL /
+    ASPECT_MISMATCH, naming the record and file): min_source_side, the least height and width
+    of a decoded video (Qwen-VL: 28, one patch pair); max_aspect_distortion, the largest factor
+    (>= 1) by which a video's aspect ratio w / h may differ from the bucket's W / H, either way
+    (a direct resize beyond it distorts the video beyond use).
     """
 
     size: Tuple[int, int]
@@ -37,8 +42,15 @@ class FramePolicy:
     mean: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: Tuple[float, float, float] = (0.5, 0.5, 0.5)
     frame_multiple: int = 1
+    min_source_side: int = 0
+    max_aspect_distortion: float = 0.0
 
     def __post_init__(self):
+        if self.min_source_side < 0:
+            raise ValueError(f"FramePolicy.min_source_side={self.min_source_side!r}; expected >= 0 (0 = unchecked)")
+        if self.max_aspect_distortion != 0 and not self.max_aspect_distortion >= 1:
+            raise ValueError(f"FramePolicy.max_aspect_distortion={self.max_aspect_distortion!r}; expected "
+                             "0 (unchecked) or a factor >= 1")
         if self.resize not in RESIZE_MODES:
             raise ValueError(f"FramePolicy.resize={self.resize!r}; expected one of {RESIZE_MODES}")
         if len(self.size) != 2 or min(self.size) < 1:

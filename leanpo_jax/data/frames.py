@@ -94,17 +94,55 @@ def shortest_edge_size(height: int, width: int, size: int) -> Tuple[int, int]:
 
 
 class ResizeTarget(NamedTuple):
-    """A validated output size and resize mode (what the readers pass down per frame)."""
+    """A validated output size and resize mode (what the readers pass down per frame), and the
+    source-geometry limits of the model's FramePolicy (0 = unchecked): `min_side`, the least
+    height and width a decoded frame may have; `max_distortion`, the largest factor by which
+    its aspect ratio (w / h) may differ from the target's (either way)."""
 
     height: int
     width: int
     mode: str
+    min_side: int = 0
+    max_distortion: float = 0.0
 
 
-def resize_target(image_size, resize: str = "direct") -> ResizeTarget:
-    """`image_size` (S or (H, W)) and `resize` checked; a `ResizeTarget` passes through."""
+class FrameGeometryError(Exception):
+    """A decoded frame the target's limits refuse; `reason` is records.VIDEO_TOO_SMALL or
+    records.ASPECT_MISMATCH, `detail` names the sizes. The readers re-raise it as a
+    `VideoError` naming the file (hence a counted skip). Not a ValueError on purpose: the
+    frame-folder reader turns ValueErrors of PIL into UNREADABLE_VIDEO."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+def check_source_geometry(height: int, width: int, target: ResizeTarget) -> None:
+    """Raises FrameGeometryError when a decoded h x w frame breaks `target`'s limits."""
+    from leanpo_jax.data.records import ASPECT_MISMATCH, VIDEO_TOO_SMALL  # pylint: disable=import-outside-toplevel
+
+    if target.min_side and min(height, width) < target.min_side:
+        raise FrameGeometryError(VIDEO_TOO_SMALL, f"the frames are {height}x{width} (h x w); this model "
+                                 f"needs both sides >= {target.min_side} px (FramePolicy.min_source_side)")
+    if target.max_distortion:
+        ratio = (width / height) / (target.width / target.height)
+        factor = max(ratio, 1.0 / ratio)
+        if factor > target.max_distortion:
+            raise FrameGeometryError(
+                ASPECT_MISMATCH, f"the frames are {height}x{width} (h x w), aspect {width / height:.3g}; the bucket "
+                f"is {target.height}x{target.width} (aspect {target.width / target.height:.3g}): a direct resize "
+                f"would distort it {factor:.3g}x, over FramePolicy.max_aspect_distortion={target.max_distortion:g}")
+
+
+def resize_target(image_size, resize: str = "direct", *, min_source_side: int = 0,
+                  max_aspect_distortion: float = 0.0) -> ResizeTarget:
+    """`image_size` (S or (H, W)) and `resize` checked; a `ResizeTarget` passes through.
+    `min_source_side` / `max_aspect_distortion`: the source limits (ResizeTarget; 0 = none)."""
     if isinstance(image_size, ResizeTarget):
         return image_size
+    if int(min_source_side) < 0 or float(max_aspect_distortion) < 0 or 0 < float(max_aspect_distortion) < 1:
+        raise ValueError(f"min_source_side={min_source_side!r} must be >= 0 and max_aspect_distortion="
+                         f"{max_aspect_distortion!r} 0 (unchecked) or >= 1")
     if resize not in RESIZE_MODES:
         raise ValueError(f"resize={resize!r} is not a resize mode; expected one of {RESIZE_MODES}")
     if isinstance(image_size, (tuple, list)) and len(image_size) == 2:
@@ -118,7 +156,7 @@ def resize_target(image_size, resize: str = "direct") -> ResizeTarget:
     if resize == "shortest_edge_crop" and h != w:
         raise ValueError(f"resize='shortest_edge_crop' needs a square image_size (shortest edge S, "
                          f"crop S x S, as CLIP's processor); got image_size={image_size!r}")
-    return ResizeTarget(int(h), int(w), resize)
+    return ResizeTarget(int(h), int(w), resize, int(min_source_side), float(max_aspect_distortion))
 
 
 def fit_frame(image, target: ResizeTarget) -> np.ndarray:
@@ -128,6 +166,7 @@ def fit_frame(image, target: ResizeTarget) -> np.ndarray:
         h, w = image.height, image.width
     else:
         h, w = image.shape[:2]
+    check_source_geometry(h, w, target)
     if target.mode == "direct":
         new_hw = (target.height, target.width)
     else:

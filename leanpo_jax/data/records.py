@@ -46,9 +46,11 @@ PLACEHOLDER_IN_TEXT = "placeholder_in_text"
 MISSING_VIDEO = "missing_video"
 UNREADABLE_VIDEO = "unreadable_video"
 NO_FRAMES = "no_frames"
+VIDEO_TOO_SMALL = "video_too_small"
+ASPECT_MISMATCH = "aspect_mismatch"
 ALL_REASONS = (
     MALFORMED_JSON, MISSING_FIELD, EMPTY_FIELD, WRONG_TYPE, DUPLICATE_ID, PROMPT_TOO_LONG,
-    PLACEHOLDER_IN_TEXT, MISSING_VIDEO, UNREADABLE_VIDEO, NO_FRAMES,
+    PLACEHOLDER_IN_TEXT, MISSING_VIDEO, UNREADABLE_VIDEO, NO_FRAMES, VIDEO_TOO_SMALL, ASPECT_MISMATCH,
 )
 
 FIX_HINTS = {
@@ -64,6 +66,11 @@ FIX_HINTS = {
     MISSING_VIDEO: "check that `video` is relative to data.video_root and that the file exists",
     UNREADABLE_VIDEO: "re-encode the video (e.g. ffmpeg -i IN -c:v libx264 OUT.mp4) or replace it",
     NO_FRAMES: "the video or frame folder has no decodable frame: replace it or remove the record",
+    VIDEO_TOO_SMALL: "the model's FramePolicy.min_source_side is larger than the video's height or "
+                     "width: use a larger source video or remove the record",
+    ASPECT_MISMATCH: "the video's aspect ratio is too far from the bucket's (FramePolicy."
+                     "max_aspect_distortion) for a direct resize: crop or pad it to the bucket's "
+                     "aspect ratio, or remove the record",
 }
 
 KINDS = ("pairs", "triplets")

@@ -78,7 +78,7 @@ import numpy as np
 from PIL import Image
 
 from leanpo_jax.data.frames import (  # noqa: F401  (re-exported: callers resize / normalise through video)
-    RESIZE_MODES, ResizeTarget, fit_frame, normalize_frames, resize_frames, resize_target, shortest_edge_size)
+    RESIZE_MODES, FrameGeometryError, ResizeTarget, fit_frame, normalize_frames, resize_frames, resize_target, shortest_edge_size)
 from leanpo_jax.data.records import MISSING_VIDEO, NO_FRAMES, UNREADABLE_VIDEO
 from leanpo_jax.data.video_contract import (  # noqa: F401  (re-exported: the reader contract)
     FRAME_SAMPLING_MODES, VideoError, VideoInfo, check_frame_sampling, is_constant_rate, sample_indices,
@@ -94,7 +94,8 @@ _SEEK_GAP = 8
 
 def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, int]], resize: str = "direct",
                fps_sampling: Optional[float] = None, max_frames: Optional[int] = None,
-               folder_fps: float = 1.0, frame_sampling: str = "time") -> Tuple[np.ndarray, VideoInfo]:
+               folder_fps: float = 1.0, frame_sampling: str = "time", min_source_side: int = 0,
+               max_aspect_distortion: float = 0.0) -> Tuple[np.ndarray, VideoInfo]:
     """Decodes `path` (file or frame folder) to uint8 [num_frames, H, W, 3].
 
     `image_size`: S (H = W = S) or (H, W); `resize`: one of `RESIZE_MODES` (see
@@ -105,10 +106,26 @@ def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, 
     `frame_sampling`, and `VideoError`:
     MISSING_VIDEO (no such path), UNREADABLE_VIDEO (zero-byte, truncated, not a video,
     decode error, unreadable image), NO_FRAMES (empty frame folder, a video stream without a
-    decodable frame).
+    decodable frame), VIDEO_TOO_SMALL / ASPECT_MISMATCH (a decoded frame below
+    `min_source_side` px on a side, or whose aspect ratio is more than `max_aspect_distortion`
+    times off the target's: a model's FramePolicy limits, 0 = unchecked).
     """
-    target = resize_target(image_size, resize)
+    target = resize_target(image_size, resize, min_source_side=min_source_side,
+                           max_aspect_distortion=max_aspect_distortion)
     check_frame_sampling(frame_sampling)
+    try:
+        return _read(path, num_frames, target, frame_sampling, fps_sampling, max_frames, folder_fps)
+    except FrameGeometryError as e:
+        raise VideoError(e.reason, e.detail, path) from e
+
+
+def policy_read_args(policy) -> dict:
+    """`read_video` keyword arguments of a contract.FramePolicy (size, resize, source limits)."""
+    return dict(image_size=policy.size, resize=policy.resize, min_source_side=policy.min_source_side,
+                max_aspect_distortion=policy.max_aspect_distortion)
+
+
+def _read(path, num_frames, target, frame_sampling, fps_sampling, max_frames, folder_fps):
     sampling = dict(fps_sampling=fps_sampling, max_frames=max_frames, frame_sampling=frame_sampling)
     if not os.path.exists(path):
         raise VideoError(MISSING_VIDEO, "no such file or folder", path)

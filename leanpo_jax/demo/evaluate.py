@@ -59,8 +59,8 @@ def evaluate(model, interface, data: ml_collections.ConfigDict, triplets: str, *
     for start in range(0, len(records), batch_size):
         chunk = records[start: start + batch_size]
         rows = chunk + [chunk[0]] * (batch_size - len(chunk))
-        frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, image_size=policy.size,
-                                                resize=policy.resize, frame_sampling=data.frame_sampling)[0]
+        frames = np.stack([video_lib.read_video(f"{root}/{r.video}", frames_n, frame_sampling=data.frame_sampling,
+                                                **video_lib.policy_read_args(policy))[0]
                            for r in rows])
         ids, mask = pad_rows([tok.prompt_ids(r.prompt, n) for r in rows], n + int(data.max_prompt_text_tokens))
         out = sampler.generate(ids, mask, frames=video_lib.normalize_frames(frames, policy.mean, policy.std))

@@ -343,7 +343,7 @@ class SelfGenerator:
                     continue
                 path = os.path.join(video_root, record.video)
                 try:
-                    read_args = dict(image_size=self.frame_policy.size, resize=self.frame_policy.resize,
+                    read_args = dict(video_lib.policy_read_args(self.frame_policy),
                                      frame_sampling=self.frame_sampling)
                     frames, _ = video_lib.read_video(path, self.frames, **read_args)
                     score_frames = frames if self.score_frames == self.frames else video_lib.read_video(

@@ -24,6 +24,12 @@ from leanpo_jax.models.qwen_vl.model import QwenVLModel
 from leanpo_jax.models.qwen_vl.positions import positions_fn
 from leanpo_jax.models.qwen_vl.template import QWEN_VL_CHATML
 
+# Source limits of the direct resize to the bucket: a video under one 28-px patch pair on a
+# side has no patch of its own, and one whose aspect ratio is over 2x off the bucket's would be
+# squashed beyond use (both are counted skips, data/frames.check_source_geometry).
+MIN_SOURCE_SIDE = 28
+MAX_ASPECT_DISTORTION = 2.0
+
 
 class QwenVLFamily(CheckpointFamily):
     name = FAMILY_NAME
@@ -40,7 +46,8 @@ class QwenVLFamily(CheckpointFamily):
         return ModelInterface(
             family=self.name, vocab_size=config.text.vocab_size, video_token_index=config.video_token_id,
             frames=FramePolicy(size=tuple(config.video_size), resize="direct", mean=tuple(v.image_mean),
-                               std=tuple(v.image_std)),
+                               std=tuple(v.image_std), min_source_side=MIN_SOURCE_SIDE,
+                               max_aspect_distortion=MAX_ASPECT_DISTORTION),
             template=QWEN_VL_CHATML, video_tokens_fn=functools.partial(num_video_tokens, config),
             video_token=None if folder is None else config.video_token, tokenizer=tokenizer,
             positions_fn=positions_fn(config))
