@@ -219,3 +219,35 @@ def check_all_loaded(model: nnx.Module, where: str) -> None:
             if isinstance(x, jax.ShapeDtypeStruct)]
     if left:
         raise RuntimeError(f"{where}: parameters left unloaded (a loader bug): {left}")
+
+
+def read_config_json(path: str, config_name: str) -> dict:
+    """The parsed config.json of the checkpoint folder `path`; an error naming `config_name`
+    (the family's config class, to pass as config=) when there is none."""
+    import json
+    import os
+
+    cfg_file = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_file):
+        raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
+                         f"unknown; pass config={config_name}(...) or preset=NAME")
+    with open(cfg_file) as f:
+        return json.load(f)
+
+
+def with_embedding_rows(config, ckpt, file_key: Optional[str]):
+    """`config` with text.vocab_size = the rows of the embedding tensor `file_key` (safetensors
+    header only; releases pad the table differently); unchanged when file_key is None."""
+    if file_key is None:
+        return config
+    return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(file_key)[1][0]))
+
+
+def tied_head_extra(model: nnx.Module, value: np.ndarray, file_key: str, where: str) -> jax.Array:
+    """A tied model's stored lm_head (kept as an extra for exact round trips), which must equal
+    its loaded embeddings."""
+    embedding = np.asarray(jax.device_get(model.language_model.embed_tokens.get_value()))
+    if not np.array_equal(value, embedding):
+        raise ValueError(f"{where}: {file_key!r} differs from the embeddings but the config ties them; "
+                         "use a config with tie_word_embeddings=False")
+    return jnp.asarray(value)

@@ -16,7 +16,6 @@ any missing one, is an error naming it. Dtypes: stored ones kept unless `dtype=`
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Optional
@@ -26,8 +25,8 @@ import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.hf_tables import (
-    cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
-    check_all_loaded,
+    cast_floating, check_all_loaded, component_entries, export_arrays, export_specs, load_entries,
+    read_config_json, text_entries, with_embedding_rows,
 )
 from leanpo_jax.models.llava_naming import (
     BUFFER, LM_HEAD, LM_PREFIX, VISION_PREFIX, canonical_names, detect_naming, extra_vision_layers,
@@ -62,20 +61,10 @@ def _names(ckpt, path: str) -> tuple:
 def checkpoint_config(path: str, config_json: Optional[dict] = None, ckpt=None) -> NextVideoConfig:
     """The config of the HF folder `path`: config.json, its preprocessor configs' frame
     statistics, vocab_size from the embedding's rows (safetensors headers only)."""
-    if config_json is None:
-        cfg_file = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_file):
-            raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
-                             "unknown; pass config=NextVideoConfig(...) or preset=NAME")
-        with open(cfg_file) as f:
-            config_json = json.load(f)
+    config_json = read_config_json(path, "NextVideoConfig") if config_json is None else config_json
     config = preprocessor.with_frame_settings(config_from_hf(config_json, base_dir=path), path)
     ckpt = open_checkpoint(path) if ckpt is None else ckpt
-    emb = _names(ckpt, path)[1].get(LM_PREFIX + "embed_tokens.weight")
-    if emb is None:
-        return config
-    # The embedding's rows are the truth for vocab_size (32064 = 32000 + specials, padded to 64).
-    return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(emb)[1][0]))
+    return with_embedding_rows(config, ckpt, _names(ckpt, path)[1].get(LM_PREFIX + "embed_tokens.weight"))
 
 
 def _is_known_extra(name: str, config: NextVideoConfig) -> bool:

@@ -33,7 +33,6 @@ import os
 import warnings
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -45,8 +44,8 @@ from leanpo_jax.models.llava_onevision.hf_config import config_from_hf, hf_confi
 from leanpo_jax.models.llava_onevision.model import VideoLLM
 from leanpo_jax.models.llava_onevision.siglip import siglip_hf_table
 from leanpo_jax.models.hf_tables import (
-    cast_floating, component_entries, export_arrays, export_specs, load_entries, text_entries,
-    check_all_loaded,
+    cast_floating, check_all_loaded, component_entries, export_arrays, export_specs, load_entries,
+    read_config_json, text_entries, tied_head_extra, with_embedding_rows,
 )
 from leanpo_jax.models.llava_naming import (  # noqa: F401  (detect_naming: module API)
     BUFFER, canonical_names, detect_naming, extra_vision_layers, mismatch_error, unused_vision_layer,
@@ -86,22 +85,14 @@ def checkpoint_config(path: str, config_json: Optional[dict] = None, ckpt=None) 
     its preprocessor configs (preprocessor.py) and vocab_size from the embedding's rows (the
     weights are not read, only the safetensors headers)."""
     cfg_file = os.path.join(path, "config.json")
-    if config_json is None:
-        if not os.path.isfile(cfg_file):
-            raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
-                             "unknown; pass config=VideoLLMConfig(...) or preset=NAME")
-        with open(cfg_file) as f:
-            config_json = json.load(f)
+    config_json = read_config_json(path, "VideoLLMConfig") if config_json is None else config_json
     config = _with_frame_settings(config_from_hf(config_json, base_dir=path), path, cfg_file)
     ckpt = open_checkpoint(path) if ckpt is None else ckpt
     naming = detect_naming(ckpt, path)
-    # The embedding's rows are the truth for vocab_size (releases pad the table differently).
     text_only = config.vision is None
     emb = canonical_names(ckpt, naming, text_only, path).get(
         ("model." if text_only else _LM) + "embed_tokens.weight")
-    if emb is None:
-        return config
-    return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(emb)[1][0]))
+    return with_embedding_rows(config, ckpt, emb)
 
 
 def _with_frame_settings(config: VideoLLMConfig, folder: str, cfg_file: str) -> VideoLLMConfig:
@@ -160,12 +151,8 @@ def load_hf(path, *, config: Optional[VideoLLMConfig] = None, dtype=None) -> Vid
     load_entries(model, table, lambda n: ckpt[names[n]], names.get, target=target, where=path)
     extra_values = {n: jnp.asarray(cast_floating(np.asarray(ckpt[names[n]]), target)) for n in extras}
     if tied_head is not None:
-        embedding = np.asarray(jax.device_get(model.language_model.embed_tokens.get_value()))
         value = cast_floating(np.asarray(ckpt[names[tied_head]]), target)
-        if not np.array_equal(value, embedding):
-            raise ValueError(f"{path}: {names[tied_head]!r} differs from the embeddings but the "
-                             "config ties them; use a config with tie_word_embeddings=False")
-        extra_values[tied_head] = jnp.asarray(value)
+        extra_values[tied_head] = tied_head_extra(model, value, names[tied_head], path)
     model.hf_extra.set_value(dict(sorted(extra_values.items())))
     check_all_loaded(model, path)
     return model

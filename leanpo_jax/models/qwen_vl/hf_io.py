@@ -12,19 +12,17 @@ tensor, and any missing one, is an error naming it. Dtypes: stored ones kept unl
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from leanpo_jax.models.hf_tables import (
     cast_floating, check_all_loaded, component_entries, export_arrays, export_specs, load_entries,
-    text_entries,
+    read_config_json, text_entries, tied_head_extra, with_embedding_rows,
 )
 from leanpo_jax.models.llava_naming import BUFFER, mismatch_error, rename_keys
 from leanpo_jax.models.qwen_vl import preprocessor
@@ -64,19 +62,11 @@ def _table(config: QwenVLConfig) -> list:
 def checkpoint_config(path: str, config_json: Optional[dict] = None, ckpt=None) -> QwenVLConfig:
     """The config of the HF folder `path`: config.json, its processor configs' statistics and
     vocab_size from the embedding's rows (safetensors headers only)."""
-    if config_json is None:
-        cfg_file = os.path.join(path, "config.json")
-        if not os.path.isfile(cfg_file):
-            raise ValueError(f"{path}: no config.json next to the weights, so the model shape is "
-                             "unknown; pass config=QwenVLConfig(...) or preset=NAME")
-        with open(cfg_file) as f:
-            config_json = json.load(f)
+    config_json = read_config_json(path, "QwenVLConfig") if config_json is None else config_json
     config = preprocessor.with_frame_settings(config_from_hf(config_json, base_dir=path), path)
     ckpt = open_checkpoint(path) if ckpt is None else ckpt
     emb = canonical_names(ckpt, detect_naming(ckpt, path), path).get(_LM + "embed_tokens.weight")
-    if emb is None:
-        return config
-    return config.replace(text=dataclasses.replace(config.text, vocab_size=ckpt.info(emb)[1][0]))
+    return with_embedding_rows(config, ckpt, emb)
 
 
 def load_hf(path, *, config: Optional[QwenVLConfig] = None, dtype=None) -> QwenVLModel:
@@ -103,11 +93,7 @@ def load_hf(path, *, config: Optional[QwenVLConfig] = None, dtype=None) -> QwenV
     values = {n: jnp.asarray(cast_floating(np.asarray(ckpt[names[n]]), target)) for n in extras}
     if tied_head is not None:
         value = cast_floating(np.asarray(ckpt[names[tied_head]]), target)
-        embedding = np.asarray(jax.device_get(model.language_model.embed_tokens.get_value()))
-        if not np.array_equal(value, embedding):
-            raise ValueError(f"{path}: {names[tied_head]!r} differs from the embeddings but the config ties "
-                             "them; use a config with tie_word_embeddings=False")
-        values[tied_head] = jnp.asarray(value)
+        values[tied_head] = tied_head_extra(model, value, names[tied_head], path)
     model.hf_extra.set_value(dict(sorted(values.items())))
     check_all_loaded(model, path)
     return model
