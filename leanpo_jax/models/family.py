@@ -109,18 +109,11 @@ class Family(abc.ABC):
 
 class CheckpointFamily(Family):
     """A family whose checkpoint code is one module `hf_io` (checkpoint_config, load_hf,
-    save_hf), whose config.json test is `is_config` and whose model class is `model_class`:
-    the seam's checkpoint methods then need no code of their own."""
+    save_hf) and whose model class is `model_class`: the seam's checkpoint methods then need
+    no code of their own (`accepts_hf` stays the family's)."""
 
     hf_io = None
     model_class: type = object
-
-    @staticmethod
-    def is_config(config_json: dict) -> bool:
-        raise NotImplementedError
-
-    def accepts_hf(self, config_json: dict) -> bool:
-        return self.is_config(config_json)
 
     def config_from_hf(self, folder: str, config_json: dict):
         return self.hf_io.checkpoint_config(folder, config_json)

@@ -32,7 +32,9 @@ class LlavaNextVideoFamily(CheckpointFamily):
 
     hf_io = hf_io
     model_class = NextVideoLLM
-    is_config = staticmethod(is_family_config)
+
+    def accepts_hf(self, config_json: dict) -> bool:
+        return is_family_config(config_json)
 
     def interface(self, config: NextVideoConfig, folder: Optional[str] = None) -> ModelInterface:
         v = config.vision

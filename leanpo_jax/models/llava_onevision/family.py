@@ -31,7 +31,9 @@ class LlavaOnevisionFamily(CheckpointFamily):
 
     hf_io = hf_io
     model_class = VideoLLM
-    is_config = staticmethod(is_family_config)
+
+    def accepts_hf(self, config_json: dict) -> bool:
+        return is_family_config(config_json)
 
     def interface(self, config: VideoLLMConfig, folder: Optional[str] = None) -> ModelInterface:
         tokenizer = model_tokenizer_dir(folder, config.text.vocab_size)

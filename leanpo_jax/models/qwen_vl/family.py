@@ -38,7 +38,9 @@ class QwenVLFamily(CheckpointFamily):
 
     hf_io = hf_io
     model_class = QwenVLModel
-    is_config = staticmethod(is_family_config)
+
+    def accepts_hf(self, config_json: dict) -> bool:
+        return is_family_config(config_json)
 
     def interface(self, config: QwenVLConfig, folder: Optional[str] = None) -> ModelInterface:
         tokenizer = model_tokenizer_dir(folder, config.text.vocab_size)
