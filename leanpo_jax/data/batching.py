@@ -42,10 +42,16 @@ class BatchSpec:
     positions_fn: Optional[Callable] = None  # the family's prompt position table, if any
     position_axes: int = 0  # 0: no table; 1: prompt_positions [B, P]; A > 1: [B, A, P]
     frame_sampling: str = "time"  # data.frame_sampling: how read_video picks the F frames
+    fps_sampling: float = 0.0  # data.fps_sampling (0 = uniform F frames), by frames.fps_rule
+    min_frames: int = 4  # data.min_frames (the Qwen fps rule)
 
     @property
     def prompt_len(self) -> int:
         return self.num_video_tokens + self.max_prompt_text_tokens
+
+    def read_args(self) -> dict:
+        """`video.read_video` keyword arguments (frame policy + the data block's sampling)."""
+        return video_lib.data_read_args(self.frames, self)
 
     def bucket(self, length: int) -> int:
         """The smallest response bucket R >= length (length <= max_response_tokens)."""
@@ -65,7 +71,7 @@ def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> Batc
         model.frames.check_frames(int(data.num_frames))
     axes = 0
     if model.positions_fn is not None:  # its shape on a one-token prompt: [1] or [A, 1]
-        probe = np.asarray(model.positions_fn(np.zeros(1, np.int32)))
+        probe = np.asarray(model.prompt_positions(np.zeros(1, np.int32)))
         axes = 1 if probe.ndim == 1 else int(probe.shape[0])
     return BatchSpec(
         kind=data.kind, batch_size=int(data.batch_size), num_frames=int(data.num_frames),
@@ -73,7 +79,8 @@ def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> Batc
         video_token_index=model.video_token_index,
         max_prompt_text_tokens=int(data.max_prompt_text_tokens), response_buckets=buckets,
         max_response_tokens=int(data.max_response_tokens), positions_fn=model.positions_fn,
-        position_axes=axes, frame_sampling=data.frame_sampling,
+        position_axes=axes, frame_sampling=data.frame_sampling, fps_sampling=float(data.fps_sampling),
+        min_frames=int(data.min_frames),
     )
 
 
@@ -110,23 +117,28 @@ class ExampleMaker:
                 max_prompt_text_tokens=s.max_prompt_text_tokens, max_response_tokens=s.max_response_tokens)
         except records_lib.RecordError as e:
             return e.bad
-        if s.positions_fn is not None:
-            encoded["prompt_positions"] = np.asarray(s.positions_fn(encoded["prompt_ids"]), np.int32)
         return encoded
 
     def with_frames(self, record, encoded) -> Union[dict, records_lib.BadRecord]:
         """`encoded` plus "frames" uint8 [F, H, W, 3] decoded from the record's video (video
-        models only)."""
-        if isinstance(encoded, records_lib.BadRecord) or self.spec.frames is None:
+        models only) and "prompt_positions" (families with a position table: it may depend on the
+        video's sampled frame rate, Qwen2.5-VL's time axis, hence computed after decoding)."""
+        if isinstance(encoded, records_lib.BadRecord):
             return encoded
+        if self.spec.frames is None:
+            return self._with_positions(encoded, None)
         path = os.path.join(self.video_root, record.video)
-        policy = self.spec.frames
         try:
-            frames, _ = video_lib.read_video(path, self.spec.num_frames, frame_sampling=self.spec.frame_sampling,
-                                             **video_lib.policy_read_args(policy))
+            frames, info = video_lib.read_video(path, self.spec.num_frames, **self.spec.read_args())
         except video_lib.VideoError as e:
             return records_lib.BadRecord(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
-        return {**encoded, "frames": frames}
+        return self._with_positions({**encoded, "frames": frames}, info.sampled_fps)
+
+    def _with_positions(self, example: dict, sampled_fps: Optional[float]) -> dict:
+        if self.spec.positions_fn is not None:
+            example["prompt_positions"] = np.asarray(self.spec.positions_fn(example["prompt_ids"], sampled_fps),
+                                                     np.int32)
+        return example
 
     def __call__(self, record) -> Union[dict, records_lib.BadRecord]:
         return self.with_frames(record, self.encode(record))

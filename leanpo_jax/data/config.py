@@ -31,6 +31,13 @@ DATA = Block(
                          'time (the frame on screen at each of linspace(t_first, t_last, F)); "index": by frame '
                          "index, as LLaVA's / Qwen's readers do on every stream. Constant-rate streams: the "
                          "same indices either way", choices=FRAME_SAMPLING_MODES),
+    fps_sampling=Field(0.0, "0 = num_frames frames uniform over the clip; > 0: sample at this rate (frames/s) "
+                       "by the model's rule (Qwen-VL: qwen-vl-utils' count, round(duration x rate) to an even "
+                       "number in [data.min_frames, source frames], Qwen's recipe uses 2.0; LLaVA: every "
+                       "round(fps / rate)-th frame), over num_frames sub-sampled uniformly to it (lmms-eval's "
+                       "max_num_frames), under it stretched to it by repeats (one static F)", rule=">= 0"),
+    min_frames=Field(4, "With data.fps_sampling and the Qwen-VL rule: the least frames sampled (qwen-vl-utils' "
+                     "FPS_MIN_FRAMES)", rule=">= 1"),
     max_prompt_text_tokens=Field(64, "Prompt text tokens beyond the N video ids; P = N + this is the one "
                                  "static prompt length (longer prompts: bad records, never truncated)",
                                  rule=">= 1"),

@@ -20,6 +20,7 @@ import dataclasses
 from typing import Callable, Optional, Tuple
 
 RESIZE_MODES = ("direct", "shortest_edge_crop")
+FPS_RULES = ("llava", "qwen")  # how data.fps_sampling picks frames (video_contract.sample_indices)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,7 +35,9 @@ class FramePolicy:
     ASPECT_MISMATCH, naming the record and file): min_source_side, the least height and width
     of a decoded video (Qwen-VL: 28, one patch pair); max_aspect_distortion, the largest factor
     (>= 1) by which a video's aspect ratio w / h may differ from the bucket's W / H, either way
-    (a direct resize beyond it distorts the video beyond use).
+    (a direct resize beyond it distorts the video beyond use). `fps_rule`: how `data.fps_sampling`
+    picks frames for this model (video_contract.FPS_RULES: "llava" every k-th frame, "qwen"
+    qwen-vl-utils' frame count).
     """
 
     size: Tuple[int, int]
@@ -44,8 +47,11 @@ class FramePolicy:
     frame_multiple: int = 1
     min_source_side: int = 0
     max_aspect_distortion: float = 0.0
+    fps_rule: str = "llava"
 
     def __post_init__(self):
+        if self.fps_rule not in FPS_RULES:
+            raise ValueError(f"FramePolicy.fps_rule={self.fps_rule!r}; expected one of {FPS_RULES}")
         if self.min_source_side < 0:
             raise ValueError(f"FramePolicy.min_source_side={self.min_source_side!r}; expected >= 0 (0 = unchecked)")
         if self.max_aspect_distortion != 0 and not self.max_aspect_distortion >= 1:
@@ -106,8 +112,10 @@ class ModelInterface:
     `video_token`: the placeholder's text in the model's own tokenizer (checked against a
     checkpoint's tokenizer; ids are always inserted directly). `tokenizer`: the default
     tokenizer folder (a checkpoint's own, or the preset's), None = none known.
-    `video_tokens_fn(num_frames) -> int` and `positions_fn(prompt_ids) -> int32 [..., P]` are
-    picklable callables (module-level functions / partials), `positions_fn` None = 0..P-1.
+    `video_tokens_fn(num_frames) -> int` and `positions_fn(prompt_ids, sampled_fps=None) -> int32
+    [..., P]` are picklable callables (module-level functions / partials), `positions_fn` None =
+    0..P-1; `sampled_fps`: frames per second of the prompt's video as sampled
+    (`VideoInfo.sampled_fps`; None = unknown, the family's default: Qwen2.5-VL's time axis).
     `source`: where the description came from (a checkpoint folder or "preset NAME"), for errors.
     """
 
@@ -132,6 +140,12 @@ class ModelInterface:
             return 0
         self.frames.check_frames(num_frames)
         return int(self.video_tokens_fn(int(num_frames)))
+
+    def prompt_positions(self, prompt_ids, sampled_fps: Optional[float] = None):
+        """The prompt's position table (positions_fn), or None for a family without one."""
+        if self.positions_fn is None:
+            return None
+        return self.positions_fn(prompt_ids, sampled_fps)
 
     def replace(self, **changes) -> "ModelInterface":
         return dataclasses.replace(self, **changes)

@@ -133,7 +133,7 @@ class DataPipeline:
         response = np.asarray([self.tokenizer.end_id], np.int32)
         example = {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(self.spec.kind)}}
         if self.spec.positions_fn is not None:
-            example["prompt_positions"] = np.asarray(self.spec.positions_fn(prompt), np.int32)
+            example["prompt_positions"] = np.asarray(self.spec.positions_fn(prompt, None), np.int32)
         return example
 
     @property

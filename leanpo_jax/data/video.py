@@ -1,9 +1,9 @@
 """Video decoding and frame sampling: `read_video` for files and frame folders.
 
 This is the module callers import: it also re-exports the shared reader contract
-(`video_contract`: `VideoError`, `VideoInfo`, `FRAME_SAMPLING_MODES`, `uniform_indices`,
-`time_indices`, `sample_indices`, `is_constant_rate`, `sampling_rule`) and the frame
-geometry (`frames`: `RESIZE_MODES`, `resize_frames`, `shortest_edge_size`, `normalize_frames`).
+(`video_contract`: `VideoError`, `VideoInfo`, `FRAME_SAMPLING_MODES`, `FPS_RULES`,
+`uniform_indices`, `time_indices`, `sample_indices`, `qwen_fps_count`, `is_constant_rate`,
+`sampling_rule`) and the frame geometry (`frames`: `RESIZE_MODES`, `resize_frames`, `shortest_edge_size`, `normalize_frames`).
 Here: the dispatch, the frame folder reader and the PyAV reader; WebP is `video_webp`.
 
 Contract (every function below states its part):
@@ -81,8 +81,8 @@ from leanpo_jax.data.frames import (  # noqa: F401  (re-exported: callers resize
     RESIZE_MODES, FrameGeometryError, ResizeTarget, fit_frame, normalize_frames, resize_frames, resize_target, shortest_edge_size)
 from leanpo_jax.data.records import MISSING_VIDEO, NO_FRAMES, UNREADABLE_VIDEO
 from leanpo_jax.data.video_contract import (  # noqa: F401  (re-exported: the reader contract)
-    FRAME_SAMPLING_MODES, VideoError, VideoInfo, check_frame_sampling, is_constant_rate, sample_indices,
-    sampling_rule, time_indices, uniform_indices, video_info)
+    FPS_RULES, FRAME_SAMPLING_MODES, VideoError, VideoInfo, check_frame_sampling, is_constant_rate, qwen_fps_count,
+    sample_indices, sampling_rule, time_indices, uniform_indices, video_info)
 from leanpo_jax.data.video_webp import is_webp, read_webp
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".gif", ".mov", ".webp")
@@ -95,12 +95,14 @@ _SEEK_GAP = 8
 def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, int]], resize: str = "direct",
                fps_sampling: Optional[float] = None, max_frames: Optional[int] = None,
                folder_fps: float = 1.0, frame_sampling: str = "time", min_source_side: int = 0,
-               max_aspect_distortion: float = 0.0) -> Tuple[np.ndarray, VideoInfo]:
+               max_aspect_distortion: float = 0.0, fps_rule: str = "llava",
+               min_frames: int = 4) -> Tuple[np.ndarray, VideoInfo]:
     """Decodes `path` (file or frame folder) to uint8 [num_frames, H, W, 3].
 
     `image_size`: S (H = W = S) or (H, W); `resize`: one of `RESIZE_MODES` (see
     `resize_frames`). Sampling: see `sample_indices`; `frame_sampling` is "time" (uniform in
-    presentation time where the stream's timestamps are uneven) or "index". Frame folders have
+    presentation time where the stream's timestamps are uneven) or "index"; with `fps_sampling`
+    (frames per second), `fps_rule` ("llava" | "qwen") and `min_frames` (qwen) pick the frames. Frame folders have
     no frame rate: `folder_fps` stands in (timestamps, duration and fps sampling), as for a
     WebP without frame durations. Raises ValueError for a bad `image_size` / `resize` /
     `frame_sampling`, and `VideoError`:
@@ -114,19 +116,29 @@ def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, 
                            max_aspect_distortion=max_aspect_distortion)
     check_frame_sampling(frame_sampling)
     try:
-        return _read(path, num_frames, target, frame_sampling, fps_sampling, max_frames, folder_fps)
+        sampling = dict(fps_sampling=fps_sampling, max_frames=max_frames, frame_sampling=frame_sampling,
+                        fps_rule=fps_rule, min_frames=int(min_frames))
+        return _read(path, num_frames, target, sampling, folder_fps)
     except FrameGeometryError as e:
         raise VideoError(e.reason, e.detail, path) from e
 
 
 def policy_read_args(policy) -> dict:
-    """`read_video` keyword arguments of a contract.FramePolicy (size, resize, source limits)."""
+    """`read_video` keyword arguments of a contract.FramePolicy (size, resize, source limits,
+    fps rule)."""
     return dict(image_size=policy.size, resize=policy.resize, min_source_side=policy.min_source_side,
-                max_aspect_distortion=policy.max_aspect_distortion)
+                max_aspect_distortion=policy.max_aspect_distortion, fps_rule=policy.fps_rule)
 
 
-def _read(path, num_frames, target, frame_sampling, fps_sampling, max_frames, folder_fps):
-    sampling = dict(fps_sampling=fps_sampling, max_frames=max_frames, frame_sampling=frame_sampling)
+def data_read_args(policy, data) -> dict:
+    """`read_video` keyword arguments of a model's FramePolicy and a `data` config block
+    (data.frame_sampling, data.fps_sampling: 0 = uniform F frames, data.min_frames)."""
+    rate = float(data.fps_sampling)
+    return dict(policy_read_args(policy), frame_sampling=data.frame_sampling,
+                fps_sampling=rate if rate > 0 else None, min_frames=int(data.min_frames))
+
+
+def _read(path, num_frames, target, sampling: dict, folder_fps):
     if not os.path.exists(path):
         raise VideoError(MISSING_VIDEO, "no such file or folder", path)
     if os.path.isdir(path):

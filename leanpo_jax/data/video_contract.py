@@ -6,8 +6,9 @@ re-exported by `video`, the module callers import. Pure numpy.
 Contract:
   * A read always returns exactly `num_frames` frames (static F for batching). Uniform
     sampling takes `uniform_indices(n, F)` = LLaVA's `np.linspace(0, n-1, F, dtype=int)`; a
-    video with fewer than F frames repeats indices. `sample_indices` adds LLaVA-Video's fps
-    sampling, stretched to F.
+    video with fewer than F frames repeats indices. `sample_indices` adds fps sampling by one
+    of `FPS_RULES` (LLaVA-Video's every-k-th frame, Qwen-VL's qwen-vl-utils count), capped at
+    and stretched to F.
   * Frame sampling (`data.frame_sampling`, `FRAME_SAMPLING_MODES`): "time" (the default) picks
     frames uniformly in presentation time when a stream's timestamps are not evenly spaced
     (`is_constant_rate`), "index" always picks by frame index. On an evenly spaced stream both
@@ -32,6 +33,7 @@ from typing import Optional
 
 import numpy as np
 
+from leanpo_jax.data.contract import FPS_RULES
 from leanpo_jax.data.records import FIX_HINTS
 
 
@@ -45,6 +47,11 @@ class VideoError(Exception):
 
 
 FRAME_SAMPLING_MODES = ("time", "index")
+# FPS_RULES (declared in contract, beside FramePolicy), how fps sampling picks frames: "llava"
+# (LLaVA-Video: every round(fps / rate)-th frame; over the cap, uniform over the source) or
+# "qwen" (qwen-vl-utils' `smart_nframes` count, linspace rounded; over the cap, uniform over
+# those frames, as lmms-eval's `max_num_frames` does).
+QWEN_MAX_FPS_FRAMES = 768  # qwen-vl-utils' FPS_MAX_FRAMES
 # A frame whose time is within this of a target time counts as "at" it: the targets come from
 # a float linspace, the frame times from integer pts, and exact ties must not depend on rounding.
 _TIE_S = 1e-9
@@ -73,6 +80,12 @@ class VideoInfo:
     timestamps_s: np.ndarray
     repeated: bool
     sampled_by: str = "index"
+
+    @property
+    def sampled_fps(self) -> float:
+        """Frames per second of the returned frames over the clip, F / duration_s: qwen-vl-utils'
+        `nframes / total_frames * video_fps`, the rate Qwen2.5-VL's time axis is built from."""
+        return len(self.indices) / self.duration_s if self.duration_s > 0 else float(self.fps)
 
 
 def video_info(n: int, fps: float, indices: np.ndarray, repeated: bool, *, times_s: Optional[np.ndarray] = None,
@@ -158,9 +171,38 @@ def _checked_times(times_s, n: int) -> np.ndarray:
     return times_s
 
 
+def qwen_fps_count(num_source_frames: int, fps: float, rate: float, min_frames: int) -> int:
+    """qwen-vl-utils' `smart_nframes` for an fps request: duration x rate, clamped to
+    [min_frames rounded up to even, min(768, n) rounded down to even] and to n, then rounded down
+    to even (its FRAME_FACTOR 2); a one-frame source gives 1 (qwen-vl-utils refuses it)."""
+    n = int(num_source_frames)
+    lo = 2 * -(-int(min_frames) // 2)
+    hi = 2 * (min(QWEN_MAX_FPS_FRAMES, n) // 2)
+    count = min(max(n / float(fps) * float(rate), lo), hi, n)
+    return max(1, 2 * int(count // 2))
+
+
+def _fps_chosen(n: int, fps: float, rate: float, cap: int, times_s, by_time: bool, rule: str,
+                min_frames: int) -> np.ndarray:
+    """The k <= cap source indices fps sampling picks (see `sample_indices`)."""
+    if rule == "qwen":
+        count = qwen_fps_count(n, fps, rate, min_frames)
+        # torch.linspace(...).round(): round half to even, here in float64.
+        chosen = time_indices(times_s, count) if by_time else np.round(
+            np.linspace(0, n - 1, count)).astype(np.int64)
+        return chosen[uniform_indices(len(chosen), cap)] if len(chosen) > cap else chosen
+    if by_time:
+        count = int(np.floor((times_s[-1] - times_s[0]) * rate + _TIE_S)) + 1
+        chosen = _frames_at(times_s, times_s[0] + np.arange(count) / rate)
+        return time_indices(times_s, cap) if len(chosen) > cap else chosen
+    chosen = np.arange(0, n, max(1, int(round(fps / rate))), dtype=np.int64)
+    return uniform_indices(n, cap) if len(chosen) > cap else chosen
+
+
 def sample_indices(num_source_frames: int, num_frames: int, fps: float, *,
                    fps_sampling: Optional[float] = None, max_frames: Optional[int] = None,
-                   times_s: Optional[np.ndarray] = None, frame_sampling: str = "time") -> np.ndarray:
+                   times_s: Optional[np.ndarray] = None, frame_sampling: str = "time",
+                   fps_rule: str = "llava", min_frames: int = 4) -> np.ndarray:
     """The F = `num_frames` source indices `read_video` returns.
 
     `times_s` [n]: the source frames' presentation times in display order (None: unknown);
@@ -171,7 +213,10 @@ def sample_indices(num_source_frames: int, num_frames: int, fps: float, *,
     (`max_frames`, default F) frames, uniform cap frames instead. By time: without
     `fps_sampling`, `time_indices(times_s, F)`; with it, the frames on screen at every
     1 / `fps_sampling` seconds from the first frame (the interval LLaVA-Video's whole-frame step
-    approximates), over the cap: `time_indices(times_s, cap)`. Either way the k <= cap chosen
+    approximates), over the cap: `time_indices(times_s, cap)`. `fps_rule="qwen"` instead takes
+    `qwen_fps_count` frames (at least `min_frames`) at round(linspace(0, n-1, count)) (by time:
+    `time_indices(times_s, count)`), and over the cap keeps cap of those, uniformly (lmms-eval's
+    `max_num_frames` sub-sampling of the decoded frames). Either way the k <= cap chosen
     indices are then stretched to F by `chosen[uniform_indices(k, F)]` (repeats spread evenly,
     order kept), so the output shape is static. A cap above F is an error: F is the batch's
     frame count.
@@ -188,14 +233,7 @@ def sample_indices(num_source_frames: int, num_frames: int, fps: float, *,
                          "always has num_frames frames (static shape); raise num_frames instead")
     if fps_sampling <= 0:
         raise ValueError(f"fps_sampling={fps_sampling} must be > 0 (or None for uniform sampling)")
-    if by_time:
-        count = int(np.floor((times_s[-1] - times_s[0]) * fps_sampling + _TIE_S)) + 1
-        chosen = _frames_at(times_s, times_s[0] + np.arange(count) / fps_sampling)
-        if len(chosen) > cap:
-            chosen = time_indices(times_s, cap)
-    else:
-        step = max(1, int(round(fps / fps_sampling)))
-        chosen = np.arange(0, n, step, dtype=np.int64)
-        if len(chosen) > cap:
-            chosen = uniform_indices(n, cap)
+    if fps_rule not in FPS_RULES:
+        raise ValueError(f"fps_rule={fps_rule!r}: expected one of {FPS_RULES}")
+    chosen = _fps_chosen(n, fps, float(fps_sampling), cap, times_s, by_time, fps_rule, min_frames)
     return chosen[uniform_indices(len(chosen), num_frames)]

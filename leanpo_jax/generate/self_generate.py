@@ -123,7 +123,7 @@ class SelfGenerator:
         data = config.data
         self.frames = int(self.g.num_frames) if int(self.g.num_frames) != -1 else int(data.num_frames)
         self.score_frames = int(data.num_frames)
-        self.frame_sampling = data.frame_sampling  # as training reads the videos
+        self.read_args = video_lib.data_read_args(interface.frames, data)  # as training reads the videos
         self.keep = int(self.g.augment.keep_frames)
         self.n_video, self.n_loser = interface.video_tokens(self.frames), interface.video_tokens(self.keep)
         self.frame_policy = interface.frames
@@ -166,16 +166,18 @@ class SelfGenerator:
         return ids
 
     def _generate(self, sampler: Sampler, prompts: List[np.ndarray], video_embeds, n_video: int,
-                  seeds: List[int]):
-        """Right-padded prompts (the batch padded to batch_size rows), a sampler seed each ->
-        decoded texts per prompt."""
+                  seeds: List[int], rates: List[float]):
+        """Right-padded prompts (the batch padded to batch_size rows), a sampler seed and the
+        video's sampled fps each -> decoded texts per prompt."""
         b = int(self.g.batch_size)
         rows = prompts + [prompts[0]] * (b - len(prompts))
         seeds = seeds + [seeds[0]] * (b - len(seeds))  # padding rows are discarded
+        rates = rates + [rates[0]] * (b - len(rates))
         width = n_video + int(self.g.max_prompt_text_tokens)
         ids, mask = pad_rows(rows, width)
-        fn = self.interface.positions_fn  # the family's position table, if it has one
-        positions = None if fn is None else position_table([fn(r) for r in rows], width)
+        positions = None  # the family's position table, if it has one
+        if self.interface.positions_fn is not None:
+            positions = position_table([self.interface.prompt_positions(r, f) for r, f in zip(rows, rates)], width)
         out = sampler.generate(ids, mask, video_embeds=video_embeds, seed=seeds, positions=positions)
         texts = []
         for i in range(len(prompts)):
@@ -212,20 +214,23 @@ class SelfGenerator:
             rows = ok + [ok[0]] * (b - len(ok))
             prompts = [encoded[i]["prompt_ids"] for i in rows]
             fn = self.interface.positions_fn
+            rates = [self.score_frames / items[i]["duration_s"] for i in rows]
             batch = batch_from_rows(
                 "scored_pairs", prompts, {name: [encoded[i][f"{name}_ids"] for i in rows] for name in names},
                 prompt_len=n + int(d.max_prompt_text_tokens), response_len=r,
                 frames=np.stack([items[i]["score_frames"] for i in rows]),
-                positions=None if fn is None else [fn(p) for p in prompts])
+                positions=None if fn is None else [fn(p, f) for p, f in zip(prompts, rates)])
             batch.pop("pair_weight")
             out = jax.device_get(jitted_avg_logps()(self.model, batch))
             for j, i in enumerate(ok):
                 scores[i] = {f"{name}_avg_logp": float(out[f"{name}_avg"][j]) for name in names}
         return [scores.get(i, encoded[i]) for i in range(len(items))]
 
-    def _turn(self, live, text, frames, sampler, n_video: int, seed, results: List[object]) -> Dict[int, str]:
+    def _turn(self, live, text, frames, sampler, n_video: int, seed, results: List[object], *,
+              duration) -> Dict[int, str]:
         """One generation turn for records `live`: prompt `text(i)` over video `frames(i)`,
-        sampled with seed `seed(i)`. A prompt that cannot be encoded becomes results[i]
+        sampled with seed `seed(i)`; the frames span `duration(i)` seconds of the clip (their
+        sampled fps goes into a family's position table). A prompt that cannot be encoded becomes results[i]
         (RecordFailed) and drops out. -> {i: generated text}."""
         prompts = {}
         for i in live:
@@ -237,30 +242,32 @@ class SelfGenerator:
         if not live:
             return {}
         videos = self._video_batch([frames(i) for i in live])
-        texts = self._generate(sampler, [prompts[i] for i in live], videos, n_video, [seed(i) for i in live])
+        rates = [len(frames(i)) / duration(i) for i in live]
+        texts = self._generate(sampler, [prompts[i] for i in live], videos, n_video, [seed(i) for i in live], rates)
         return dict(zip(live, texts))
 
     def _process(self, batch: List[Dict]) -> List[object]:
         """Generation for up to batch_size readable records -> a row dict or RecordFailed each."""
         results: List[object] = [None] * len(batch)
         frames = lambda i: batch[i]["frames"]  # noqa: E731
+        duration = lambda i: batch[i]["duration_s"]  # noqa: E731
 
         def seed(turn):
             return lambda i: turn_seed(int(self.g.seed), batch[i]["id"], turn)
 
         r1 = self._turn(range(len(batch)), lambda i: self.g.prior_template.format(
             answer=batch[i]["answer"], question=batch[i]["prompt"]), frames, self.winner_sampler, self.n_video,
-            seed("first_turn"), results)
+            seed("first_turn"), results, duration=duration)
         winners = self._turn(sorted(r1), lambda i: self.g.reflection_template.format(
             first_turn=r1[i], answer=batch[i]["answer"], question=batch[i]["prompt"]), frames,
-            self.winner_sampler, self.n_video, seed("reflection"), results)
+            self.winner_sampler, self.n_video, seed("reflection"), results, duration=duration)
         augmented, params = {}, {}
         for i in sorted(winners):
             it = batch[i]
             augmented[i], params[i] = augment_lib.augment_video(
                 it["frames"], self.g.augment, seed=augment_lib.record_seed(int(self.g.augment.seed), it["id"]))
         losers = self._turn(sorted(winners), lambda i: batch[i]["prompt"], lambda i: augmented[i],
-                            self.loser_sampler, self.n_loser, seed("loser"), results)
+                            self.loser_sampler, self.n_loser, seed("loser"), results, duration=duration)
         live = sorted(losers)
         for i in list(live):
             empty = [side for side, text in (("chosen", winners[i]), ("rejected", losers[i])) if not text]
@@ -343,11 +350,9 @@ class SelfGenerator:
                     continue
                 path = os.path.join(video_root, record.video)
                 try:
-                    read_args = dict(video_lib.policy_read_args(self.frame_policy),
-                                     frame_sampling=self.frame_sampling)
-                    frames, _ = video_lib.read_video(path, self.frames, **read_args)
+                    frames, info = video_lib.read_video(path, self.frames, **self.read_args)
                     score_frames = frames if self.score_frames == self.frames else video_lib.read_video(
-                        path, self.score_frames, **read_args)[0]
+                        path, self.score_frames, **self.read_args)[0]
                 except video_lib.VideoError as e:
                     fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
                     bar is not None and bar.update(1)
@@ -358,7 +363,7 @@ class SelfGenerator:
                 attempted += 1
                 pending.append({"id": record.id, "video": record.video, "prompt": record.prompt,
                                 "answer": record.answer, "source": record.source, "frames": frames,
-                                "score_frames": score_frames})
+                                "score_frames": score_frames, "duration_s": info.duration_s})
                 if len(pending) == int(self.g.batch_size):
                     flush_pending()
             flush_pending()

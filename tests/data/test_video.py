@@ -84,6 +84,41 @@ def test_fps_sampling_is_capped_and_static():
         video.sample_indices(24, 8, 8.0, fps_sampling=1.0, max_frames=16)
 
 
+def _qwen_vl_utils_indices(n, video_fps, rate=2.0, min_frames=4):
+    """qwen-vl-utils' `smart_nframes` + `torch.linspace(0, n-1, nframes).round().long()`, spelt
+    out here (FRAME_FACTOR 2, FPS_MAX_FRAMES 768) with torch as the reference's arithmetic."""
+    torch = pytest.importorskip("torch")
+    lo = int(np.ceil(min_frames / 2) * 2)
+    hi = int(np.floor(min(768, n) / 2) * 2)
+    count = int(np.floor(min(min(max(n / video_fps * rate, lo), hi), n) / 2) * 2)
+    return torch.linspace(0, n - 1, count).round().long().numpy()
+
+
+@pytest.mark.parametrize("n,video_fps,num_frames", [
+    (300, 30.0, 32),  # 10 s at 2 fps: 20 frames, stretched to 32 by repeats
+    (300, 30.0, 16),  # 20 frames over the cap 16: 16 of them, uniformly (lmms-eval)
+    (3001, 29.97, 64),  # ~100 s: 200 frames -> 64
+    (5, 30.0, 8),  # 0.17 s: at least min_frames 4
+    (97, 24.0, 8),  # 4.04 s: 8.08 -> 8 frames
+])
+def test_qwen_fps_rule_is_qwen_vl_utils_then_the_lmms_eval_cap(n, video_fps, num_frames):
+    qwen = _qwen_vl_utils_indices(n, video_fps)
+    assert video.qwen_fps_count(n, video_fps, 2.0, 4) == len(qwen)
+    capped = qwen[np.linspace(0, len(qwen) - 1, num_frames, dtype=int)] if len(qwen) > num_frames else qwen
+    got = video.sample_indices(n, num_frames, video_fps, fps_sampling=2.0, fps_rule="qwen", frame_sampling="index")
+    np.testing.assert_array_equal(got, capped[video.uniform_indices(len(capped), num_frames)])
+    assert got.shape == (num_frames,)
+
+
+def test_qwen_fps_count_edges():
+    assert video.qwen_fps_count(1, 30.0, 2.0, 4) == 1  # a still: one frame (qwen-vl-utils refuses it)
+    assert video.qwen_fps_count(3, 30.0, 2.0, 4) == 2  # fewer frames than min_frames: even, <= n
+    assert video.qwen_fps_count(3000, 30.0, 2.0, 5) == 200 and video.qwen_fps_count(30, 30.0, 2.0, 5) == 6
+    assert video.qwen_fps_count(100_000, 30.0, 2.0, 4) == 768
+    with pytest.raises(ValueError, match="fps_rule='nope'"):
+        video.sample_indices(30, 8, 30.0, fps_sampling=2.0, fps_rule="nope")
+
+
 def test_synthetic_mp4_frames_info_and_drawn_content(media):
     root, _ = media
     for row in _rows(root):
@@ -112,6 +147,10 @@ def test_fps_sampling_on_a_file(media):
     np.testing.assert_array_equal(np.unique(info.indices), [0, 4, 8, 12, 16, 20])
     assert frames.shape == (8, 32, 32, 3) and info.repeated
     np.testing.assert_allclose(info.timestamps_s, info.indices / 8.0)
+    assert info.sampled_fps == 8 / 3.0  # 8 frames over the 3 s clip
+    # Qwen's rule on the same 24-frame, 3 s clip: 6 frames at round(linspace(0, 23, 6)).
+    _, info = video.read_video(path, 8, image_size=32, fps_sampling=2.0, fps_rule="qwen")
+    np.testing.assert_array_equal(np.unique(info.indices), [0, 5, 9, 14, 18, 23])
 
 
 @pytest.mark.parametrize("name", sorted(FORMATS) + ["clip.gif"])

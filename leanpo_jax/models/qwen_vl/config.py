@@ -74,7 +74,8 @@ class QwenVLConfig(RuntimeFields):
     """
 
     vision: QwenVisionConfig = dataclasses.field(default_factory=QwenVisionConfig)
-    text: TextConfig = dataclasses.field(default_factory=lambda: TextConfig(mrope_section=(16, 24, 24)))
+    # Qwen2-VL-7B's decoder: mrope_section (16, 24, 24) covers exactly its 64 rotary frequencies.
+    text: TextConfig = dataclasses.field(default_factory=lambda: _text(152064, 3584, 18944, 28, 28, 4, False))
     num_frames: int = 32
     video_size: Tuple[int, int] = (448, 448)
     tokens_per_second: float = 2.0
@@ -93,6 +94,11 @@ class QwenVLConfig(RuntimeFields):
                              f"of patch_size * spatial_merge_size = {step}")
         if self.text.mrope_section is None:
             raise ValueError("text.mrope_section is required (Qwen-VL decoders use M-RoPE)")
+        head_dim = self.text.resolved_head_dim
+        if sum(self.text.mrope_section) != head_dim // 2:
+            raise ValueError(f"text.mrope_section={tuple(self.text.mrope_section)} sums to "
+                             f"{sum(self.text.mrope_section)}, but head_dim {head_dim} has {head_dim // 2} "
+                             "rotary frequencies (each goes to one of the t / h / w axes)")
 
     @property
     def video_token_index(self) -> int:

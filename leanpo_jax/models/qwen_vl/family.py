@@ -49,7 +49,7 @@ class QwenVLFamily(CheckpointFamily):
             family=self.name, vocab_size=config.text.vocab_size, video_token_index=config.video_token_id,
             frames=FramePolicy(size=tuple(config.video_size), resize="direct", mean=tuple(v.image_mean),
                                std=tuple(v.image_std), min_source_side=MIN_SOURCE_SIDE,
-                               max_aspect_distortion=MAX_ASPECT_DISTORTION),
+                               max_aspect_distortion=MAX_ASPECT_DISTORTION, fps_rule="qwen"),
             template=QWEN_VL_CHATML, video_tokens_fn=functools.partial(num_video_tokens, config),
             video_token=None if folder is None else config.video_token, tokenizer=tokenizer,
             positions_fn=positions_fn(config))

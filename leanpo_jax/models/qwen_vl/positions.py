@@ -87,11 +87,25 @@ def next_position(table) -> int:
     return int(table.max()) + 1 if table.size else 0
 
 
-def _positions(config: QwenVLConfig, second_per_grid_t: Optional[float], prompt_ids) -> np.ndarray:
-    return rope_positions(prompt_ids, config, second_per_grid_t=second_per_grid_t)
+def seconds_per_temporal_patch(config: QwenVLConfig, sampled_fps: Optional[float]) -> Optional[float]:
+    """Seconds one temporal patch spans: temporal_patch_size / the video's sampled fps (what
+    qwen-vl-utils hands the processor as `fps`); None without a known rate (the config's)."""
+    if sampled_fps is None:
+        return None
+    if not sampled_fps > 0:
+        raise ValueError(f"sampled_fps={sampled_fps!r}: a video's sampled frame rate must be > 0")
+    return config.vision.temporal_patch_size / float(sampled_fps)
+
+
+def _positions(config: QwenVLConfig, fixed_second_per_grid_t: Optional[float], prompt_ids,
+               sampled_fps: Optional[float] = None) -> np.ndarray:
+    sec = seconds_per_temporal_patch(config, sampled_fps)
+    return rope_positions(prompt_ids, config, second_per_grid_t=fixed_second_per_grid_t if sec is None else sec)
 
 
 def positions_fn(config: QwenVLConfig, *, second_per_grid_t: Optional[float] = None):
-    """The data contract's `positions_fn`: a picklable prompt_ids [P] -> int32 [3, P]
-    (a partial of a module-level function, so grain workers can carry it)."""
+    """The data contract's `positions_fn`: a picklable (prompt_ids [P], sampled_fps=None) ->
+    int32 [3, P] (a partial of a module-level function, so grain workers can carry it). A
+    record's `sampled_fps` (VideoInfo.sampled_fps) sets its Qwen2.5-VL time step; without it,
+    `second_per_grid_t` (default: the config's, 1.0 s = 2 frames sampled at 2 fps)."""
     return functools.partial(_positions, config, second_per_grid_t)

@@ -115,6 +115,11 @@ def test_positions_fn_is_picklable_and_probes_as_three_axes():
     ids = ids_with_end(1, "V12", 1)
     np.testing.assert_array_equal(fn(ids), rope_positions(ids, Q25, second_per_grid_t=0.25))
     assert num_video_tokens(Q25) == 12
+    # A record's sampled fps overrides the fixed value: 8 fps -> 2 / 8 = 0.25 s per temporal patch.
+    np.testing.assert_array_equal(positions_fn(Q25)(ids, 8.0), fn(ids))
+    np.testing.assert_array_equal(positions_fn(Q25)(ids, None), rope_positions(ids, Q25))
+    with pytest.raises(ValueError, match="sampled_fps=0.0"):
+        positions_fn(Q25)(ids, 0.0)
 
 
 def test_matches_transformers_get_rope_index_up_to_the_video_end():

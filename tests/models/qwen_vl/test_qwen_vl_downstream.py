@@ -90,7 +90,11 @@ def test_pipeline_batches_carry_the_m_rope_tables(corpus, pipeline_out):
             assert at.size == N_VIDEO and np.all(np.diff(at) == 1)
             assert prompt[at[0] - 1] == VISION_START and prompt[at[-1] + 1] == VISION_END
             table = batch["prompt_positions"][row]
-            np.testing.assert_array_equal(table[:, :n], rope_positions(prompt, CONFIG))
+            # 4 of 8 frames at 8 fps: sampled at 4 fps, so a temporal patch spans 2 / 4 = 0.5 s and
+            # the time axis steps tokens_per_second (2) x 0.5 = 1 per patch (not the 2 of 2 fps).
+            np.testing.assert_array_equal(table[:, :n], rope_positions(prompt, CONFIG, second_per_grid_t=0.5))
+            start = int(table[0, at[0]])
+            np.testing.assert_array_equal(table[0, at], start + np.repeat([0, 1], 9))
             assert not table[:, n:].any()  # padding: 0
             # 4.x: the 18 video tokens span fewer positions than tokens, so text resumes below n.
             assert next_position(table[:, :n]) < n
@@ -98,6 +102,24 @@ def test_pipeline_batches_carry_the_m_rope_tables(corpus, pipeline_out):
                                     FRAMES, **video.policy_read_args(INTERFACE.frames))[0]
             np.testing.assert_array_equal(batch["frames"][row], want)
     assert seen == 3
+
+
+def test_fps_sampling_takes_qwens_frames_and_their_rate(corpus):
+    """data.fps_sampling 2 on the 1 s, 8-frame clips: qwen-vl-utils' count max(2, min_frames 4) = 4
+    frames at round(linspace(0, 7, 4)) = 0, 2, 5, 7 (uniform sampling: 0, 2, 4, 7), sampled at 4 fps."""
+    data = data_block(corpus)
+    data.fps_sampling, data.batch_size = 2.0, 3
+    with DataPipeline(data, model=INTERFACE, train=False, process_index=0, process_count=1) as pipe:
+        batch = next(iter(pipe))
+    for row in _rows(batch):
+        path = f"{corpus['root']}/{stats_video(corpus, batch['record_index'][row])}"
+        frames, info = video.read_video(path, FRAMES, fps_sampling=2.0, min_frames=4,
+                                        **video.policy_read_args(INTERFACE.frames))
+        np.testing.assert_array_equal(info.indices, [0, 2, 5, 7])
+        np.testing.assert_array_equal(batch["frames"][row], frames)
+        n = int(batch["prompt_lengths"][row])
+        np.testing.assert_array_equal(batch["prompt_positions"][row, :, :n],
+                                      rope_positions(batch["prompt_ids"][row, :n], CONFIG, second_per_grid_t=0.5))
 
 
 def stats_video(corpus, index):
