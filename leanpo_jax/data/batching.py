@@ -3,7 +3,8 @@
 `resolve_spec` turns the `data` config and the model's `contract.ModelInterface` into the
 static shapes (P, the response buckets, B) and the frame policy,
 `ExampleMaker` decodes and tokenises one record (or returns its in-band BadRecord),
-`StepMaker` forms a host's batch of global step k, choosing R over the whole global window.
+`StepMaker` forms a host's batch of global step k, choosing R over the whole global window
+(and, with several video buckets, the step's frame size: `video_bucket_of`).
 `DataPipeline` (pipeline.py) drives them through grain; batch fields: pipeline.py's docstring.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Callable, Optional, Union
 
@@ -21,7 +23,7 @@ from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import tokenize as tokenize_lib
 from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.batch import PAD_ID, make_batch, response_names
-from leanpo_jax.data.config import check_data_config
+from leanpo_jax.data.config import check_data_config, video_bucket_sizes
 from leanpo_jax.data.contract import FramePolicy, ModelInterface
 from leanpo_jax.data.records import KINDS
 
@@ -44,6 +46,13 @@ class BatchSpec:
     frame_sampling: str = "time"  # data.frame_sampling: how read_video picks the F frames
     fps_sampling: float = 0.0  # data.fps_sampling (0 = uniform F frames), by frames.fps_rule
     min_frames: int = 4  # data.min_frames (the Qwen fps rule)
+    # The spec of each video bucket (data.video_buckets), this one first; () = one frame size.
+    variants: tuple = ()
+
+    @property
+    def buckets(self) -> tuple:
+        """The spec of every frame size a step may take (just this one without video buckets)."""
+        return self.variants or (self,)
 
     @property
     def prompt_len(self) -> int:
@@ -64,8 +73,26 @@ def config_error(key: str, value, rule: str):
 
 def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> BatchSpec:
     """Validates the data config's ranges and returns the batch shapes it implies for `model`
-    (its frame policy and video-token count)."""
+    (its frame policy and video-token count); with data.video_buckets, the spec of the first
+    bucket carrying every bucket's spec in `variants`."""
     check_data_config(data)  # every key's type and range (data/config.py), unknown keys refused
+    sizes = video_bucket_sizes(data)
+    if not sizes:
+        return _spec(data, model)
+    if not model.has_video:
+        config_error("video_buckets", tuple(data.video_buckets), f"{model.source or model.family} has no video input")
+    ratios = {}
+    for size in sizes:
+        ratio = round(size[1] / size[0], 9)
+        if ratio in ratios:  # the vote is by aspect ratio alone: the later one would never be chosen
+            config_error("video_buckets", tuple(data.video_buckets), f"{ratios[ratio]} and {size} have the same "
+                         "aspect ratio; keep one size per aspect ratio")
+        ratios[ratio] = size
+    variants = tuple(_spec(data, model.at_size(size)) for size in sizes)
+    return dataclasses.replace(variants[0], variants=variants)
+
+
+def _spec(data: ml_collections.ConfigDict, model: ModelInterface) -> BatchSpec:
     buckets = tuple(int(r) for r in data.response_buckets)
     if model.has_video:
         model.frames.check_frames(int(data.num_frames))
@@ -82,6 +109,21 @@ def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> Batc
         position_axes=axes, frame_sampling=data.frame_sampling, fps_sampling=float(data.fps_sampling),
         min_frames=int(data.min_frames),
     )
+
+
+def video_bucket_of(sizes, buckets) -> int:
+    """The video bucket of a step: each known source size (H, W) (None: unknown, no vote) votes
+    for the bucket (H', W') nearest in aspect ratio, |log((W / H) / (W' / H'))|; the most votes
+    win, ties (and a window without votes) going to the earlier bucket. A pure function of the
+    window's files, so every host that reads the same window picks the same bucket."""
+    votes = [0] * len(buckets)
+    for size in sizes:
+        if size is None:
+            continue
+        h, w = size
+        gaps = [abs(math.log((w / h) / (bw / bh))) for bh, bw in buckets]
+        votes[gaps.index(min(gaps))] += 1
+    return votes.index(max(votes))
 
 
 def make_tokenizer(data: ml_collections.ConfigDict, model: ModelInterface) -> tokenize_lib.ChatTokenizer:
@@ -173,51 +215,63 @@ class StepMaker:
     """The per-step map (runs in grain workers): step k -> this host's batch of step k.
 
     `positions` is the global order (a grain MapDataset of source line positions: shuffled and
-    repeated in training), `records` the grain MapDataset over the RecordSource. Output: the
-    batch arrays plus "_meta", a JSON string {"step", "skipped": [BadRecord dicts], "ok",
-    "padding", "truncated"} that the main process consumes (markers travel in-band).
+    repeated in training), `records` the grain MapDataset over the RecordSource; `makers` and
+    `pad_examples` hold one ExampleMaker / padding row per video bucket (`BatchSpec.buckets`).
+    Output: the batch arrays plus "_meta", a JSON string {"step", "skipped": [BadRecord dicts],
+    "ok", "padding", "truncated", "video_size"} that the main process consumes (markers travel
+    in-band).
     """
 
-    def __init__(self, positions, records, maker: ExampleMaker, *, host: int, num_hosts: int,
-                 pad_example: dict):
-        self.positions, self.records, self.maker, self.spec = positions, records, maker, maker.spec
+    def __init__(self, positions, records, makers, *, host: int, num_hosts: int, pad_examples):
+        self.positions, self.records = positions, records
+        self.makers, self.pad_examples = list(makers), list(pad_examples)
+        self.spec = self.makers[0].spec
         self.host, self.num_hosts = host, num_hosts
-        self.pad_example = pad_example
 
-    def _window(self, step: int) -> dict:
-        """{global order position: (source line position, record, encoded)} of step `step`'s
-        whole global window (all hosts' rows): the cheap text pass."""
+    def _window(self, step: int):
+        """(video bucket k, {global order position: (source line position, record, encoded)}) of
+        step `step`'s whole global window (all hosts' rows): the cheap pass (text, and with
+        several buckets the videos' header sizes)."""
         g = self.spec.batch_size * self.num_hosts
-        out = {}
+        rows = {}
         for pos in range(step * g, min((step + 1) * g, len(self.positions))):
             line = int(self.positions[pos])
-            record = self.records[line]
-            out[pos] = (line, record, self.maker.encode(record))
-        return out
+            rows[pos] = (line, self.records[line])
+        k = 0
+        if len(self.makers) > 1:
+            root = self.makers[0].video_root
+            sizes = [None if isinstance(r, records_lib.BadRecord) else video_lib.probe_size(os.path.join(root, r.video))
+                     for _, r in rows.values()]
+            k = video_bucket_of(sizes, [m.spec.frames.size for m in self.makers])
+        maker = self.makers[k]
+        return k, {pos: (line, record, maker.encode(record)) for pos, (line, record) in rows.items()}
 
-    def bucket(self, step: int, window: Optional[dict] = None) -> int:
+    def bucket(self, step: int, window: Optional[tuple] = None) -> int:
         """The response bucket R of step `step`: a function of the global window's text only
         (records whose video fails still count), hence the same on every host."""
-        window = self._window(step) if window is None else window
-        return self.spec.bucket(max([response_length(e) for _, _, e in window.values()] + [1]))
+        _, rows = self._window(step) if window is None else window
+        return self.spec.bucket(max([response_length(e) for _, _, e in rows.values()] + [1]))
 
     def __call__(self, step: int) -> dict:
         window = self._window(step)
-        batch = empty_batch(self.spec, self.bucket(step, window))
+        k, rows = window
+        maker, pad_example = self.makers[k], self.pad_examples[k]
+        batch = empty_batch(maker.spec, self.bucket(step, window))
         names = response_names(self.spec.kind)
-        meta = {"step": int(step), "skipped": [], "ok": 0, "padding": 0, "truncated": 0}
+        size = None if maker.spec.frames is None else "{}x{}".format(*maker.spec.frames.size)
+        meta = {"step": int(step), "skipped": [], "ok": 0, "padding": 0, "truncated": 0, "video_size": size}
         b = self.spec.batch_size
         start = step * b * self.num_hosts + self.host * b
         for row, pos in enumerate(range(start, start + b)):
-            if pos not in window:  # past the end of the data (eval): a padding row
+            if pos not in rows:  # past the end of the data (eval): a padding row
                 meta["padding"] += 1
-                example = self.pad_example
+                example = pad_example
             else:
-                line, record, encoded = window[pos]
-                example = self.maker.with_frames(record, encoded)
+                line, record, encoded = rows[pos]
+                example = maker.with_frames(record, encoded)
                 if isinstance(example, records_lib.BadRecord):  # a hole: zero weight, reported
                     meta["skipped"].append(example.to_json())
-                    example = self.pad_example
+                    example = pad_example
                 else:
                     meta["ok"] += 1
                     meta["truncated"] += sum(bool(example[f"{n}_truncated"]) for n in names)

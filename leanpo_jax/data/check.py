@@ -88,7 +88,7 @@ def check(data: ml_collections.ConfigDict, model: ModelInterface, *, skipped_out
         spec = pipe.spec
         log(f"checking {os.path.abspath(data.pairs)} ({data.kind}, {len(pipe.source)} records; "
             f"videos under {pipeline.resolve_video_root(data)})")
-        size = "no video" if spec.frames is None else "{}x{}".format(*spec.frames.size)
+        size = "no video" if spec.frames is None else " | ".join("{}x{}".format(*b.frames.size) for b in spec.buckets)
         log(f"  model {model.source} ({model.family}): {spec.num_frames} frames of {size}, prompt length "
             f"P={spec.prompt_len} ({spec.num_video_tokens} video + {spec.max_prompt_text_tokens} text "
             f"tokens), response buckets {spec.response_buckets}; tokenizer {pipe.tokenizer.where}")

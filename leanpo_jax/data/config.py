@@ -8,11 +8,21 @@ model.init_from) decides frame size, video-token count and template; nothing her
     check_data_config(data)              # ValueError "config data.KEY=VALUE: expected ..."
 """
 
+import re
+
 import ml_collections
 
 from leanpo_jax.config_schema import Block, Field
 from leanpo_jax.data.records import KINDS
 from leanpo_jax.data.video_contract import FRAME_SAMPLING_MODES
+
+
+_SIZE = re.compile(r"[1-9][0-9]*x[1-9][0-9]*")
+
+
+def video_bucket_sizes(data) -> tuple:
+    """data.video_buckets as ((H, W), ...) ints (validated by DATA: "HxW" strings)."""
+    return tuple(tuple(int(x) for x in s.split("x")) for s in data.video_buckets)
 
 
 def _ascending(buckets) -> bool:
@@ -38,6 +48,12 @@ DATA = Block(
                        "max_num_frames), under it stretched to it by repeats (one static F)", rule=">= 0"),
     min_frames=Field(4, "With data.fps_sampling and the Qwen-VL rule: the least frames sampled (qwen-vl-utils' "
                      "FPS_MIN_FRAMES)", rule=">= 1"),
+    video_buckets=Field((), 'Frame sizes "HxW" this run may use, e.g. ("448x448", "336x588", "588x336") '
+                        "(models that take several sizes: Qwen-VL, multiples of 28); () = the model's own size. "
+                        "Each step takes the bucket nearest in aspect ratio to most videos of its global window "
+                        "(ties: the earlier bucket; the same on every host): one compile per bucket",
+                        type=(str,), check=lambda b: all(_SIZE.fullmatch(s) for s in b) and len(set(b)) == len(b),
+                        rule='distinct "HxW" strings, e.g. "448x448"'),
     max_prompt_text_tokens=Field(64, "Prompt text tokens beyond the N video ids; P = N + this is the one "
                                  "static prompt length (longer prompts: bad records, never truncated)",
                                  rule=">= 1"),

@@ -17,6 +17,7 @@ encodes the text between (special-token text inside record fields stays literal 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional, Tuple
 
 RESIZE_MODES = ("direct", "shortest_edge_crop")
@@ -37,7 +38,9 @@ class FramePolicy:
     (>= 1) by which a video's aspect ratio w / h may differ from the bucket's W / H, either way
     (a direct resize beyond it distorts the video beyond use). `fps_rule`: how `data.fps_sampling`
     picks frames for this model (video_contract.FPS_RULES: "llava" every k-th frame, "qwen"
-    qwen-vl-utils' frame count).
+    qwen-vl-utils' frame count). `size_multiple`: 0 = the model takes frames of `size` only; k > 0 =
+    any (H, W) that are positive multiples of k (Qwen-VL: 28), so a run may fix several frame
+    sizes (`data.video_buckets`, `ModelInterface.at_size`).
     """
 
     size: Tuple[int, int]
@@ -48,6 +51,7 @@ class FramePolicy:
     min_source_side: int = 0
     max_aspect_distortion: float = 0.0
     fps_rule: str = "llava"
+    size_multiple: int = 0
 
     def __post_init__(self):
         if self.fps_rule not in FPS_RULES:
@@ -140,6 +144,31 @@ class ModelInterface:
             return 0
         self.frames.check_frames(num_frames)
         return int(self.video_tokens_fn(int(num_frames)))
+
+    def at_size(self, size, key: str = "data.video_buckets") -> "ModelInterface":
+        """This interface for frames of `size` (H, W), a video bucket: the frame policy, the
+        video-token count and the position table of that size (the family's callables take a
+        `size=` keyword when its FramePolicy has a `size_multiple`). A model with one fixed
+        frame size, or a size that is no positive multiple of it, is a ValueError naming `key`."""
+        policy = self.frames
+        try:
+            h, w = (int(x) for x in size)
+        except (TypeError, ValueError):
+            raise ValueError(f"config {key}: {size!r} is not a (height, width) pair") from None
+        if policy is None or (h, w) == tuple(policy.size):
+            return self
+        k = policy.size_multiple
+        if not k:
+            raise ValueError(f"config {key}: {(h, w)} asked of {self.source or self.family}, whose frames are "
+                             f"fixed at {tuple(policy.size)} (its family takes one frame size); drop {key}")
+        if h % k or w % k or h < k or w < k:
+            raise ValueError(f"config {key}: {(h, w)} must be positive multiples of {k} for "
+                             f"{self.source or self.family} (e.g. {(h // k or 1) * k, (w // k or 1) * k})")
+        positions = self.positions_fn
+        return self.replace(
+            frames=dataclasses.replace(policy, size=(h, w)),
+            video_tokens_fn=functools.partial(self.video_tokens_fn, size=(h, w)),
+            positions_fn=None if positions is None else functools.partial(positions, size=(h, w)))
 
     def prompt_positions(self, prompt_ids, sampled_fps: Optional[float] = None):
         """The prompt's position table (positions_fn), or None for a family without one."""

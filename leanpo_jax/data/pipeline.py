@@ -7,7 +7,8 @@
 
 `interface` is the model's `contract.ModelInterface` (`leanpo_jax.models.resolve_model(...)
 .interface()`): the frame policy, video-token count, template and tokenizer come from it.
-Batch (data/batch.py; B = data.batch_size per host, F frames of H x W, N = video tokens(F)):
+Batch (data/batch.py; B = data.batch_size per host, F frames of H x W, N = video tokens(F);
+with data.video_buckets, H x W, N and P are those of the step's bucket, batching.video_bucket_of):
     frames          uint8 [B, F, H, W, 3]    (video models; normalised inside the train step)
     prompt_ids      int32 [B, P]             P = N + max_prompt_text_tokens, one static value
     prompt_mask     int32 [B, P]             RIGHT padding: ones then zeros
@@ -56,7 +57,7 @@ from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import tokenize as tokenize_lib
 from leanpo_jax.data.batching import (  # noqa: F401  (re-exported: the pipeline's public names)
     KINDS, PAD_ID, BatchSpec, ExampleMaker, StepMaker, config_error, response_names, empty_batch,
-    make_tokenizer, resolve_spec, resolve_video_root, response_length,
+    make_tokenizer, resolve_spec, resolve_video_root, response_length, video_bucket_of,
 )
 from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.jsonl_files import read_jsonl, repair_torn_tail
@@ -105,15 +106,18 @@ class DataPipeline:
         g = self.spec.batch_size * self.num_hosts
         self.num_steps = self.records_total // g if self.train else -(-self.records_total // g)
         self.dropped_remainder = self.records_total - self.num_steps * g if self.train else 0
-        maker = ExampleMaker(self.spec, self.tokenizer, resolve_video_root(data))
-        self._steps_fn = StepMaker(positions, grain.MapDataset.source(self.source), maker, host=self.host,
-                                   num_hosts=self.num_hosts, pad_example=self._pad_example())
+        makers = [ExampleMaker(spec, self.tokenizer, resolve_video_root(data)) for spec in self.spec.buckets]
+        self._steps_fn = StepMaker(positions, grain.MapDataset.source(self.source), makers, host=self.host,
+                                   num_hosts=self.num_hosts,
+                                   pad_examples=[self._pad_example(spec) for spec in self.spec.buckets])
         self._fingerprint = {
             "lines": len(self.source), "kind": self.spec.kind, "records": self.records_total,
             "batch_size": self.spec.batch_size,
             "process_index": self.host, "process_count": self.num_hosts, "train": self.train,
             "shuffle_seed": int(data.shuffle_seed) if self.train else None,
         }
+        if self.spec.variants:  # the buckets decide each step's frames: resuming needs the same ones
+            self._fingerprint["video_buckets"] = list(data.video_buckets)
         if skipped_path is None and workdir:
             name = SKIPPED_FILENAME if self.num_hosts == 1 else SKIPPED_FILENAME.replace(
                 ".jsonl", f".process{self.host}.jsonl")
@@ -121,19 +125,20 @@ class DataPipeline:
         self.skipped_path = skipped_path
         self.first_skipped: list = []  # a few BadRecords for summaries (not part of the state)
         self._it = None
-        self._counts = {"next_step": 0, "skipped": {}, "ok": 0, "padding": 0, "truncated": 0}
+        self._counts = {"next_step": 0, "skipped": {}, "ok": 0, "padding": 0, "truncated": 0, "video_sizes": {}}
 
-    def _pad_example(self) -> dict:
-        """A valid, finite stand-in row: the template around an empty question, the end token."""
-        prompt = self.tokenizer.prompt_ids("", self.spec.num_video_tokens)
-        text = int(prompt.shape[0]) - self.spec.num_video_tokens
-        if text > self.spec.max_prompt_text_tokens:
-            config_error("max_prompt_text_tokens", self.spec.max_prompt_text_tokens,
+    def _pad_example(self, spec: BatchSpec) -> dict:
+        """A valid, finite stand-in row of `spec` (a video bucket): the template around an empty
+        question, the end token."""
+        prompt = self.tokenizer.prompt_ids("", spec.num_video_tokens)
+        text = int(prompt.shape[0]) - spec.num_video_tokens
+        if text > spec.max_prompt_text_tokens:
+            config_error("max_prompt_text_tokens", spec.max_prompt_text_tokens,
                   f"the chat template alone takes {text} text tokens; raise it well above that")
         response = np.asarray([self.tokenizer.end_id], np.int32)
-        example = {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(self.spec.kind)}}
-        if self.spec.positions_fn is not None:
-            example["prompt_positions"] = np.asarray(self.spec.positions_fn(prompt, None), np.int32)
+        example = {"prompt_ids": prompt, **{f"{n}_ids": response for n in response_names(spec.kind)}}
+        if spec.positions_fn is not None:
+            example["prompt_positions"] = np.asarray(spec.positions_fn(prompt, None), np.int32)
         return example
 
     @property
@@ -179,6 +184,8 @@ class DataPipeline:
         counts["skipped"] = dict(Counter(counts["skipped"]) + Counter(b.reason for b in bads))
         for key in ("ok", "padding", "truncated"):
             counts[key] += meta[key]
+        if meta["video_size"] is not None:
+            counts["video_sizes"][meta["video_size"]] = counts["video_sizes"].get(meta["video_size"], 0) + 1
         counts["next_step"] += 1
         return batch
 
@@ -205,7 +212,9 @@ class DataPipeline:
                 f"now {self._fingerprint}. Resume with the same data file, batch_size, shuffle_seed, "
                 "num_epochs and process count, or start the data from scratch")
         self.close()
-        self._counts = {k: json.loads(json.dumps(state[k])) for k in self._counts}
+        # States saved before per-bucket counts existed lack "video_sizes": it starts empty.
+        self._counts = {k: json.loads(json.dumps(state.get(k, {} if k == "video_sizes" else state[k])))
+                        for k in self._counts}
         if self.skipped_path and os.path.exists(self.skipped_path):
             repair_torn_tail(self.skipped_path)  # a kill mid-append tears the last line only
             keep = [row for row in read_jsonl(self.skipped_path) if row["step"] < self.next_step]
@@ -218,7 +227,8 @@ class DataPipeline:
         c = self._counts
         return {"records": self.records_total, "steps": self.num_steps, "steps_done": c["next_step"],
                 "ok": c["ok"], "skipped": dict(c["skipped"]), "padding_rows": c["padding"],
-                "dropped_remainder": self.dropped_remainder, "truncated_responses": c["truncated"]}
+                "dropped_remainder": self.dropped_remainder, "truncated_responses": c["truncated"],
+                "steps_per_video_size": dict(c["video_sizes"])}
 
     def close(self) -> None:
         """Stops worker processes (also on garbage collection, but do not rely on it)."""

@@ -123,6 +123,30 @@ def read_video(path: str, num_frames: int, *, image_size: Union[int, Tuple[int, 
         raise VideoError(e.reason, e.detail, path) from e
 
 
+def probe_size(path: str) -> Optional[Tuple[int, int]]:
+    """(height, width) of a video's frames from its header alone (no decoding): the first frame
+    of a folder, the stream of a file (PyAV), the canvas of a WebP; None when it cannot be read
+    (the decode then reports why). Cheap enough to run on every record of a step's window."""
+    try:
+        if os.path.isdir(path):
+            names = sorted((e for e in os.listdir(path) if e.lower().endswith(FRAME_EXTENSIONS)), key=_natural_key)
+            if not names:
+                return None
+            path = os.path.join(path, names[0])
+        if os.path.isdir(path) or not os.path.getsize(path):
+            return None
+        if path.lower().endswith(FRAME_EXTENSIONS) or is_webp(path):
+            with Image.open(path) as image:
+                return int(image.height), int(image.width)
+        with _av().open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            ctx = container.streams.video[0].codec_context
+            return (int(ctx.height), int(ctx.width)) if ctx.height and ctx.width else None
+    except (OSError, ValueError, EOFError, Image.DecompressionBombError, _av().error.FFmpegError):
+        return None
+
+
 def policy_read_args(policy) -> dict:
     """`read_video` keyword arguments of a contract.FramePolicy (size, resize, source limits,
     fps rule)."""

@@ -8,7 +8,8 @@ A family (leanpo_jax/models/<family>/) subclasses `Family` and provides, host si
     interface(config)            `data.contract.ModelInterface`: frames, video-token count,
                                  chat template, placeholder, default tokenizer, positions
     decoding_defaults(config)    self-generation decoding for winner / loser
-    vision_flops(config, F)      forward FLOPs of encoding one video (MFU)
+    vision_flops(config, F)      forward FLOPs of encoding one video (MFU); families whose
+                                 FramePolicy has a size_multiple also take size=(H, W)
     transformers_model(config)   (optional) the equivalent transformers class name + config.json
                                  dict, for reference runs (the benchmark's PyTorch peer)
 and, device side, `build(config, rngs)` returning a model that implements the model protocol

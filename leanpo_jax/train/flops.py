@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from leanpo_jax.models import family_of, num_video_tokens
+from leanpo_jax.models import family_of
 
 # bf16 dense matmul peaks (TFLOP/s per device). H100/H200: measured on the project's GPU
 # machine (~800, below the 989 datasheet figure); TPUs: datasheet values.
@@ -47,8 +47,9 @@ def _attention(config, key_visits: float) -> float:
 
 def step_flops(config, *, pairs: int, prompt_len: int, response_len: int,
                num_frames: int = 0, responses_per_pair: int = 2, layout: str = "shared",
-               train_vision: bool = False) -> float:
-    """Model FLOPs (forward + backward) of one train step over `pairs` pairs (module docstring)."""
+               train_vision: bool = False, frame_size=None) -> float:
+    """Model FLOPs (forward + backward) of one train step over `pairs` pairs (module docstring);
+    `frame_size`: a video bucket's (H, W) other than the model's own (families that take several)."""
     g, p, r = responses_per_pair, prompt_len, response_len
     dense = 2.0 * _layer_matmul_params(config)
     head = 2.0 * config.text.hidden_size * config.text.vocab_size * g * r
@@ -63,7 +64,8 @@ def step_flops(config, *, pairs: int, prompt_len: int, response_len: int,
     llm = 3.0 * (dense * tokens + _attention(config, visits) + head)
     vision = 0.0
     if num_frames and family_of(config).interface(config).has_video:
-        vision = videos * family_of(config).vision_flops(config, num_frames) * (3.0 if train_vision else 1.0)
+        sized = {} if frame_size is None else {"size": tuple(frame_size)}
+        vision = videos * family_of(config).vision_flops(config, num_frames, **sized) * (3.0 if train_vision else 1.0)
     return pairs * (llm + vision)
 
 
@@ -72,10 +74,15 @@ def batch_step_flops(config, batch_shapes: dict, *, layout: str,
     """`step_flops` from a batch's field shapes ({name: shape})."""
     pairs, prompt_len = batch_shapes["prompt_ids"][:2]
     response_len = batch_shapes["chosen_ids"][1]
-    has_video = family_of(config).interface(config).has_video  # the seam's word, not a config field
-    frames = batch_shapes["frames"][1] if "frames" in batch_shapes and has_video else 0
+    interface = family_of(config).interface(config)  # the seam's word, not a config field
+    frames = batch_shapes["frames"][1] if "frames" in batch_shapes and interface.has_video else 0
+    size = None
     if frames:
-        assert num_video_tokens(config, frames) <= prompt_len
+        size = tuple(batch_shapes["frames"][2:4])
+        if size == tuple(interface.frames.size):
+            size = None
+            assert interface.video_tokens(frames) <= prompt_len
+        # else: a video bucket of its own (data.video_buckets), counted at its size
     return step_flops(config, pairs=pairs, prompt_len=prompt_len, response_len=response_len,
                       num_frames=frames, responses_per_pair=responses_per_pair, layout=layout,
-                      train_vision=train_vision)
+                      train_vision=train_vision, frame_size=size)

@@ -165,6 +165,34 @@ def test_config_errors_name_the_key():
         pipeline.resolve_spec(config("", "x", response_buckets=(32, 16)), TINY)
 
 
+def test_video_bucket_vote_by_aspect_ratio_ties_to_the_earlier_bucket():
+    buckets = [(448, 448), (336, 588), (588, 336)]
+    assert pipeline.video_bucket_of([(720, 1280), (1080, 1920), (480, 480)], buckets) == 1  # 2 wide, 1 square
+    assert pipeline.video_bucket_of([(720, 1280), (1280, 720)], buckets) == 1  # a tie: the earlier
+    assert pipeline.video_bucket_of([(1280, 720), (100, 100)], buckets) == 0  # a tie again
+    assert pipeline.video_bucket_of([(1280, 720), None, None], buckets) == 2  # unknown sizes do not vote
+    assert pipeline.video_bucket_of([None], buckets) == 0
+    # |log| of the ratio of ratios: 4:3 is nearer 7:4 (|log(1.75 / 1.333)| = 0.27) than 1:1 (0.29);
+    # 640 x 540 (1.185) is nearer 1:1 (0.17 against 0.39).
+    assert pipeline.video_bucket_of([(480, 640)], buckets) == 1
+    assert pipeline.video_bucket_of([(540, 640)], buckets) == 0
+
+
+def test_video_buckets_need_a_model_that_takes_several_sizes():
+    with pytest.raises(ValueError, match=r"data.video_buckets: \(56, 56\) asked of .*fixed at \(24, 24\)"):
+        pipeline.resolve_spec(config("", "x", video_buckets=("56x56",)), TINY)
+    qwen = resolve_model("qwen2.5-vl-tiny").interface()
+    with pytest.raises(ValueError, match=r"data.video_buckets: \(56, 100\) must be positive multiples of 28"):
+        pipeline.resolve_spec(config("", "x", video_buckets=("84x84", "56x100")), qwen)
+    with pytest.raises(ValueError, match=r"data.video_buckets=.*\(56, 56\) and \(84, 84\) have the same aspect"):
+        pipeline.resolve_spec(config("", "x", video_buckets=("56x56", "84x84")), qwen)
+    with pytest.raises(ValueError, match="data.video_buckets"):
+        pipeline.resolve_spec(config("", "x", video_buckets=("84",)), qwen)
+    spec = pipeline.resolve_spec(config("", "x", video_buckets=("84x84", "56x112"), num_frames=4), qwen)
+    assert [(v.frames.size, v.num_video_tokens) for v in spec.buckets] == [((84, 84), 18), ((56, 112), 16)]
+    assert spec.frames.size == (84, 84) and spec.buckets[0].variants == ()
+
+
 def test_shapes_dtypes_right_padding_and_eval_padding_rows(eval_batches):
     pipe, batches = eval_batches
     spec = pipe.spec
@@ -197,7 +225,8 @@ def test_shapes_dtypes_right_padding_and_eval_padding_rows(eval_batches):
     real = batches[0]["frames"][0]
     assert real.std() > 0 and not np.any(batches[-1]["frames"][2])  # decoded vs. zero padding
     assert pipe.stats() == {"records": 13, "steps": 5, "steps_done": 5, "ok": 13, "skipped": {},
-                            "padding_rows": 2, "dropped_remainder": 0, "truncated_responses": 1}
+                            "padding_rows": 2, "dropped_remainder": 0, "truncated_responses": 1,
+                            "steps_per_video_size": {"24x24": 5}}
 
 
 def test_bucket_is_the_smallest_that_fits_and_long_responses_are_truncated(eval_batches):

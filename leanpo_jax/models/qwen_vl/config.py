@@ -87,11 +87,7 @@ class QwenVLConfig(RuntimeFields):
     video_token: str = "<|video_pad|>"
 
     def __post_init__(self):
-        step = self.vision.patch_size * self.vision.spatial_merge_size
-        h, w = self.video_size
-        if h % step or w % step or h < step or w < step:
-            raise ValueError(f"video_size={self.video_size}: height and width must be positive multiples "
-                             f"of patch_size * spatial_merge_size = {step}")
+        check_video_size(self, self.video_size)
         if self.text.mrope_section is None:
             raise ValueError("text.mrope_section is required (Qwen-VL decoders use M-RoPE)")
         head_dim = self.text.resolved_head_dim
@@ -110,17 +106,33 @@ class QwenVLConfig(RuntimeFields):
         return self.image_token_id
 
 
-def video_grid(config: QwenVLConfig, num_frames: Optional[int] = None) -> Tuple[int, int, int]:
-    """(t, h, w) patch grid of one video: (ceil(F / 2), H / 14, W / 14)."""
+def check_video_size(config: QwenVLConfig, size, key: str = "video_size") -> Tuple[int, int]:
+    """(H, W) as ints, both positive multiples of patch_size * spatial_merge_size (28), else a
+    ValueError naming `key`."""
+    step = config.vision.patch_size * config.vision.spatial_merge_size
+    try:
+        h, w = (int(x) for x in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}={size!r}: expected (height, width)") from None
+    if h % step or w % step or h < step or w < step:
+        raise ValueError(f"{key}={tuple(size)}: height and width must be positive multiples of "
+                         f"patch_size * spatial_merge_size = {step}")
+    return h, w
+
+
+def video_grid(config: QwenVLConfig, num_frames: Optional[int] = None, size=None) -> Tuple[int, int, int]:
+    """(t, h, w) patch grid of one video of `size` (H, W) (default config.video_size):
+    (ceil(F / 2), H / 14, W / 14)."""
     v = config.vision
     frames = config.num_frames if num_frames is None else int(num_frames)
     t = -(-frames // v.temporal_patch_size)
-    return t, config.video_size[0] // v.patch_size, config.video_size[1] // v.patch_size
+    height, width = config.video_size if size is None else size
+    return t, int(height) // v.patch_size, int(width) // v.patch_size
 
 
-def num_video_tokens(config: QwenVLConfig, num_frames: Optional[int] = None) -> int:
+def num_video_tokens(config: QwenVLConfig, num_frames: Optional[int] = None, size=None) -> int:
     """Placeholder ids of one video: t * (h / 2) * (w / 2) (32 frames at 448^2: 4,096)."""
-    t, h, w = video_grid(config, num_frames)
+    t, h, w = video_grid(config, num_frames, size)
     return t * h * w // config.vision.merge_unit
 
 

@@ -49,7 +49,8 @@ class QwenVLFamily(CheckpointFamily):
             family=self.name, vocab_size=config.text.vocab_size, video_token_index=config.video_token_id,
             frames=FramePolicy(size=tuple(config.video_size), resize="direct", mean=tuple(v.image_mean),
                                std=tuple(v.image_std), min_source_side=MIN_SOURCE_SIDE,
-                               max_aspect_distortion=MAX_ASPECT_DISTORTION, fps_rule="qwen"),
+                               max_aspect_distortion=MAX_ASPECT_DISTORTION, fps_rule="qwen",
+                               size_multiple=v.patch_size * v.spatial_merge_size),
             template=QWEN_VL_CHATML, video_tokens_fn=functools.partial(num_video_tokens, config),
             video_token=None if folder is None else config.video_token, tokenizer=tokenizer,
             positions_fn=positions_fn(config))
@@ -66,13 +67,15 @@ class QwenVLFamily(CheckpointFamily):
         from leanpo_jax.models.qwen_vl.vision_layout import patchify
 
         rows = np.asarray(patchify(frames, config.vision))
-        grid = np.tile(np.asarray(video_grid(config, frames.shape[1]), np.int64), (frames.shape[0], 1))
+        grid = np.tile(np.asarray(video_grid(config, frames.shape[1], frames.shape[2:4]), np.int64),
+                       (frames.shape[0], 1))
         return {"pixel_values_videos": rows.reshape(-1, rows.shape[-1]), "video_grid_thw": grid}
 
-    def vision_flops(self, config: QwenVLConfig, num_frames: int) -> float:
-        """Forward FLOPs of the ViT (per temporal slice / window attention) + merger on one video."""
+    def vision_flops(self, config: QwenVLConfig, num_frames: int, size=None) -> float:
+        """Forward FLOPs of the ViT (per temporal slice / window attention) + merger on one video
+        of `size` (H, W) (default config.video_size)."""
         v, d = config.vision, config.text.hidden_size
-        t, h, w = video_grid(config, num_frames)
+        t, h, w = video_grid(config, num_frames, size)
         patches, D = t * h * w, v.hidden_size
         per_block = 2 * patches * (4 * D * D + (2 if v.version == "2" else 3) * D * v.mlp_size)
         span = h * w  # keys per query: the temporal slice (full) or one window (2.5)

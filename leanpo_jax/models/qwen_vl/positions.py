@@ -35,10 +35,11 @@ def time_interval(config: QwenVLConfig, second_per_grid_t: Optional[float] = Non
 
 
 def video_block(config: QwenVLConfig, start: int, *, second_per_grid_t: Optional[float] = None,
-                temporal: Optional[int] = None) -> np.ndarray:
+                temporal: Optional[int] = None, size=None) -> np.ndarray:
     """int64 [3, N]: the (t, h, w) positions of one video's N tokens starting at `start`;
-    `temporal`: its temporal patches (default: the config's num_frames / 2, rounded up)."""
-    t, h, w = video_grid(config)
+    `temporal`: its temporal patches (default: the config's num_frames / 2, rounded up); `size`:
+    its frames' (H, W) (default config.video_size)."""
+    t, h, w = video_grid(config, None, size)
     t = t if temporal is None else int(temporal)
     m = config.vision.spatial_merge_size
     # The temporal patches are not merged further (temporal merge 1); space is merged m x m.
@@ -49,19 +50,20 @@ def video_block(config: QwenVLConfig, start: int, *, second_per_grid_t: Optional
     return start + np.stack([tt.reshape(-1), hh.reshape(-1), ww.reshape(-1)])
 
 
-def rope_positions(prompt_ids, config: QwenVLConfig, *, second_per_grid_t: Optional[float] = None) -> np.ndarray:
+def rope_positions(prompt_ids, config: QwenVLConfig, *, second_per_grid_t: Optional[float] = None,
+                   size=None) -> np.ndarray:
     """prompt_ids [P] -> int32 [3, P] (t, h, w) M-RoPE positions (module docstring rule).
 
     Every maximal run of `video_token_id` ids is one video of run / (H/28 · W/28) temporal
-    patches (a run that is no whole number of them is a ValueError); image placeholders are
-    refused (this family feeds videos only).
+    patches, (H, W) = `size` (default config.video_size; a run that is no whole number of them
+    is a ValueError); image placeholders are refused (this family feeds videos only).
     """
     ids = np.asarray(prompt_ids).reshape(-1)
     if np.any(ids == config.image_token_id):
         raise ValueError(f"prompt holds image placeholder ids ({config.image_token_id}); "
                          "Qwen-VL prompts here carry videos only")
     # A run's length gives its temporal patches (the run's frame count is the data side's).
-    per_slice = num_video_tokens(config, config.vision.temporal_patch_size)
+    per_slice = num_video_tokens(config, config.vision.temporal_patch_size, size)
     out = np.empty((3, ids.shape[0]), np.int64)
     is_pad = ids == config.video_token_id
     nxt, i = 0, 0  # nxt = max(positions so far) + 1
@@ -74,8 +76,9 @@ def rope_positions(prompt_ids, config: QwenVLConfig, *, second_per_grid_t: Optio
         if run % per_slice:
             raise ValueError(f"a run of {run} video placeholder ids ({config.video_token_id}) at "
                              f"index {i} is not a whole number of temporal patches: each is {per_slice} "
-                             f"tokens at video_size {tuple(config.video_size)} (2x2 merge)")
-        block = video_block(config, nxt, second_per_grid_t=second_per_grid_t, temporal=run // per_slice)
+                             f"tokens at video size {tuple(config.video_size if size is None else size)} "
+                             "(2x2 merge)")
+        block = video_block(config, nxt, second_per_grid_t=second_per_grid_t, temporal=run // per_slice, size=size)
         out[:, i:i + run] = block
         nxt, i = int(block.max()) + 1, i + run
     return out.astype(np.int32)
@@ -98,14 +101,15 @@ def seconds_per_temporal_patch(config: QwenVLConfig, sampled_fps: Optional[float
 
 
 def _positions(config: QwenVLConfig, fixed_second_per_grid_t: Optional[float], prompt_ids,
-               sampled_fps: Optional[float] = None) -> np.ndarray:
+               sampled_fps: Optional[float] = None, *, size=None) -> np.ndarray:
     sec = seconds_per_temporal_patch(config, sampled_fps)
-    return rope_positions(prompt_ids, config, second_per_grid_t=fixed_second_per_grid_t if sec is None else sec)
+    return rope_positions(prompt_ids, config, second_per_grid_t=fixed_second_per_grid_t if sec is None else sec,
+                          size=size)
 
 
 def positions_fn(config: QwenVLConfig, *, second_per_grid_t: Optional[float] = None):
-    """The data contract's `positions_fn`: a picklable (prompt_ids [P], sampled_fps=None) ->
-    int32 [3, P] (a partial of a module-level function, so grain workers can carry it). A
+    """The data contract's `positions_fn`: a picklable (prompt_ids [P], sampled_fps=None, *,
+    size=None) -> int32 [3, P] (a partial of a module-level function, so grain workers can carry it). A
     record's `sampled_fps` (VideoInfo.sampled_fps) sets its Qwen2.5-VL time step; without it,
     `second_per_grid_t` (default: the config's, 1.0 s = 2 frames sampled at 2 fps)."""
     return functools.partial(_positions, config, second_per_grid_t)

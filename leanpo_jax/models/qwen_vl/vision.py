@@ -8,9 +8,10 @@ Version 2: N = LayerNorm (eps 1e-6), MLP = fc2(quick_gelu(fc1 x)) (hidden * mlp_
 Version 2.5: N = RMSNorm (eps 1e-6, weight only), MLP = down(silu(gate x) * up x), all with
 biases; attention within padded windows (vision_layout.py) except in `fullatt_block_indexes`.
 Attention is non-causal and never crosses a temporal slice (2 frames): slices are a batch axis.
-Frames [B, F, H, W, C] are normalised, channels-last, (H, W) == config.video_size; the output
+Frames [B, F, H, W, C] are normalised, channels-last, H and W multiples of 28 (the run's bucket:
+config.video_size or one of data.video_buckets; each size compiles once); the output
 [B, t * h/2 * w/2, out_hidden_size] is in the order of transformers' get_video_features (t
-outermost, merge units row-major), N == num_video_tokens(config, F).
+outermost, merge units row-major), N == num_video_tokens(config, F, (H, W)).
 
 Parameter tree (L depth, D hidden, H heads, hd head dim, M mlp, P = C*2*14*14, O out) and logical
 axes (lay = layers, emb = vision_embed, hds = vision_heads, hdd = vision_head_dim, mlp = vision_mlp):
@@ -216,11 +217,9 @@ class QwenVisionTower(nnx.Module):
         cfg, v = self.config, self.config.vision
         dt = jnp.dtype(cfg.dtype)
         b, f, hh, ww, c = frames.shape
-        hh_want, ww_want = cfg.video_size
-        if (hh, ww) != (hh_want, ww_want) or c != v.in_channels:
-            raise ValueError(f"frames {frames.shape}: expected [B, F, {hh_want}, {ww_want}, {v.in_channels}] "
-                             "(config.video_size, vision.in_channels)")
-        layout = slice_layout(v, hh, ww)
+        if c != v.in_channels:
+            raise ValueError(f"frames {frames.shape}: expected [B, F, H, W, {v.in_channels}] (vision.in_channels)")
+        layout = slice_layout(v, hh, ww)  # any bucket: H and W multiples of 28 (else a ValueError)
         rope = rope_tables(v, layout)
         x = patchify(frames.astype(dt), v) @ self.patch_embed[...].astype(dt)
         x = x.reshape(-1, layout.positions.shape[0], v.hidden_size)  # [B * t, S, D]
@@ -235,7 +234,7 @@ class QwenVisionTower(nnx.Module):
         else:
             x, _ = jax.lax.scan(lambda h, pf: (block(h, *pf), None), x, (params, jnp.asarray(flags)))
         out = self.merger(x, v).reshape(b, -1, v.out_hidden_size)
-        assert out.shape[1] == num_video_tokens(cfg, f), (out.shape, num_video_tokens(cfg, f))
+        assert out.shape[1] == num_video_tokens(cfg, f, (hh, ww)), (out.shape, num_video_tokens(cfg, f, (hh, ww)))
         return out
 
 

@@ -122,6 +122,42 @@ def test_fps_sampling_takes_qwens_frames_and_their_rate(corpus):
                                       rope_positions(batch["prompt_ids"][row, :n], CONFIG, second_per_grid_t=0.5))
 
 
+def test_video_buckets_pick_each_steps_size_by_aspect_ratio(tmp_path):
+    """Buckets 84x84 and 56x112, batches of 2: step 0 holds two 2:1 clips (-> 56x112, 16 video
+    tokens), step 1 two squares (-> 84x84, 18), step 2 a square and a 3:1 clip (a tie -> the
+    earlier bucket, 84x84, where the 3:1 clip is 3x off: a counted aspect_mismatch skip)."""
+    rng = np.random.default_rng(0)
+    shapes = [(32, 64), (40, 80), (48, 48), (32, 32), (48, 48), (32, 96)]
+    with open(tmp_path / "pairs.jsonl", "w") as f:
+        for i, (h, w) in enumerate(shapes):
+            synthetic.write_mp4(str(tmp_path / f"v{i}.mp4"), rng.integers(0, 255, (8, h, w, 3), dtype=np.uint8))
+            f.write(json.dumps({"id": f"r{i}", "video": f"v{i}.mp4", "prompt": "What moves?",
+                                "chosen": "A red square.", "rejected": "Nothing."}) + "\n")
+    data = data_block({"pairs": str(tmp_path / "pairs.jsonl"), "root": str(tmp_path)})
+    data.video_buckets = ("84x84", "56x112")
+    with DataPipeline(data, model=INTERFACE, train=False, process_index=0, process_count=1) as pipe:
+        batches = [{k: np.array(v) for k, v in b.items()} for b in pipe]
+        stats = pipe.stats()
+    sizes = [(56, 112), (84, 84), (84, 84)]
+    for batch, size in zip(batches, sizes):
+        n_video = 2 * (size[0] // 28) * (size[1] // 28)
+        assert batch["frames"].shape == (2, FRAMES, *size, 3)
+        assert batch["prompt_ids"].shape[1] == n_video + data.max_prompt_text_tokens
+        for row in _rows(batch):
+            if batch["pair_weight"][row] == 0:
+                continue
+            n = int(batch["prompt_lengths"][row])
+            prompt = batch["prompt_ids"][row, :n]
+            assert int((prompt == VIDEO_PAD).sum()) == n_video
+            np.testing.assert_array_equal(batch["prompt_positions"][row, :, :n],
+                                          rope_positions(prompt, CONFIG, second_per_grid_t=0.5, size=size))
+            want = video.read_video(str(tmp_path / f"v{batch['record_index'][row]}.mp4"), FRAMES, image_size=size)[0]
+            np.testing.assert_array_equal(batch["frames"][row], want)
+    assert stats["steps_per_video_size"] == {"56x112": 1, "84x84": 2}
+    assert stats["ok"] == 5 and stats["skipped"] == {"aspect_mismatch": 1}
+    assert list(batches[2]["pair_weight"]) == [1.0, 0.0]
+
+
 def stats_video(corpus, index):
     with open(corpus["pairs"]) as f:
         return json.loads(f.readlines()[int(index)])["video"]

@@ -50,30 +50,32 @@ def pair(request, tmp_path_factory):
     return name, hf, folder, ours
 
 
-def video_prompt(config, frames, seed=0):
+def video_prompt(config, frames, seed=0, size=None):
     rng = np.random.default_rng(seed)
-    n = num_video_tokens(config, frames)
+    size = tuple(config.video_size) if size is None else size
+    n = num_video_tokens(config, frames, size)
     text = lambda k: list(rng.integers(10, 150000, size=k))  # noqa: E731
     ids = text(5) + [config.vision_start_token_id] + [config.video_token_id] * n + [config.vision_end_token_id] + text(6)
-    pixels = rng.normal(size=(1, frames) + tuple(config.video_size) + (3,)).astype(np.float32)
+    pixels = rng.normal(size=(1, frames) + size + (3,)).astype(np.float32)
     return np.asarray(ids)[None], pixels
 
 
 def hf_logits(hf, config, ids, pixels, positions):
     rows = np.asarray(patchify(jnp.asarray(pixels), config.vision))[0]
-    t, h, w = video_grid(config, pixels.shape[1])
+    t, h, w = video_grid(config, pixels.shape[1], pixels.shape[2:4])
     kwargs = dict(pixel_values_videos=torch.as_tensor(rows.copy()), video_grid_thw=torch.as_tensor([[t, h, w]]))
     with torch.no_grad():
         out = hf(input_ids=torch.as_tensor(ids), position_ids=torch.as_tensor(positions).permute(1, 0, 2), **kwargs)
     return out.logits.numpy()
 
 
-@pytest.mark.parametrize("frames", [4, 3])
-def test_video_prompt_logits_match_with_our_positions(pair, frames):
+@pytest.mark.parametrize("frames,size", [(4, None), (3, None), (4, (56, 112))])
+def test_video_prompt_logits_match_with_our_positions(pair, frames, size):
+    """size: the config's bucket, or another one (data.video_buckets) on the same model."""
     name, hf, _, ours = pair
     config = ours.config
-    ids, pixels = video_prompt(config, frames, seed=frames)
-    positions = rope_positions(ids[0], config)[None]  # [1, 3, T]
+    ids, pixels = video_prompt(config, frames, seed=frames, size=size)
+    positions = rope_positions(ids[0], config, size=size)[None]  # [1, 3, T]
     video = ours.encode_video(jnp.asarray(pixels))
     hidden = ours(jnp.asarray(ids), video, positions=jnp.asarray(positions))
     got = np.asarray(hidden @ ours.lm_head_kernel())
