@@ -156,6 +156,13 @@ def test_video_buckets_pick_each_steps_size_by_aspect_ratio(tmp_path):
     assert stats["steps_per_video_size"] == {"56x112": 1, "84x84": 2}
     assert stats["ok"] == 5 and stats["skipped"] == {"aspect_mismatch": 1}
     assert list(batches[2]["pair_weight"]) == [1.0, 0.0]
+    # Two hosts of one row each read the same windows, so they pick the same bucket per step
+    # (host 1 decodes the second row of each window: its own video never decides alone).
+    data.batch_size = 1
+    for host in (0, 1):
+        with DataPipeline(data, model=INTERFACE, train=False, process_index=host, process_count=2) as pipe:
+            got = [b["frames"].shape[2:4] for b in pipe]
+        assert got == sizes, (host, got)
 
 
 def stats_video(corpus, index):
