@@ -76,20 +76,29 @@ def resolve_spec(data: ml_collections.ConfigDict, model: ModelInterface) -> Batc
     (its frame policy and video-token count); with data.video_buckets, the spec of the first
     bucket carrying every bucket's spec in `variants`."""
     check_data_config(data)  # every key's type and range (data/config.py), unknown keys refused
+    if not data.video_buckets:
+        return _spec(data, model)
+    variants = tuple(_spec(data, bucket) for bucket in bucket_interfaces(model, data))
+    return dataclasses.replace(variants[0], variants=variants)
+
+
+def bucket_interfaces(model: ModelInterface, data: ml_collections.ConfigDict) -> list:
+    """`model` at each size of data.video_buckets (`ModelInterface.at_size`), or [model] without
+    buckets. Refused (naming the key): buckets for a model without video, or two buckets of one
+    aspect ratio (the vote is by aspect ratio alone: the later one would never be chosen)."""
     sizes = video_bucket_sizes(data)
     if not sizes:
-        return _spec(data, model)
+        return [model]
     if not model.has_video:
         config_error("video_buckets", tuple(data.video_buckets), f"{model.source or model.family} has no video input")
     ratios = {}
     for size in sizes:
         ratio = round(size[1] / size[0], 9)
-        if ratio in ratios:  # the vote is by aspect ratio alone: the later one would never be chosen
+        if ratio in ratios:
             config_error("video_buckets", tuple(data.video_buckets), f"{ratios[ratio]} and {size} have the same "
                          "aspect ratio; keep one size per aspect ratio")
         ratios[ratio] = size
-    variants = tuple(_spec(data, model.at_size(size)) for size in sizes)
-    return dataclasses.replace(variants[0], variants=variants)
+    return [model.at_size(size) for size in sizes]
 
 
 def _spec(data: ml_collections.ConfigDict, model: ModelInterface) -> BatchSpec:

@@ -6,7 +6,9 @@ Per triplet (video V, question q, GT answer a):
     y_l = model(A(V) (2 frames), q)                           augmented video, plain question -> loser
 then avg log π(y_w), avg log π(y_l) (and of a) under the same model, computed with
 `models.scoring` on the pair re-tokenised exactly as the training pipeline will tokenise it.
-The model (config.model.init_from, or a preset) decides frames, template and tokenizer.
+The model (config.model.init_from, or a preset) decides frames, template and tokenizer; with
+data.video_buckets each record is read at the bucket nearest its own aspect ratio and batched
+with records of that bucket (rows are then written in batch order, not file order).
 
 Output rows (JSONL, appended and flushed per record; ids already present are skipped on a
 rerun): id, video, prompt, chosen, rejected, first_turn, chosen_avg_logp, rejected_avg_logp,
@@ -30,7 +32,7 @@ import os
 import sys
 import time
 from collections import Counter
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +45,7 @@ from leanpo_jax.data import augment as augment_lib
 from leanpo_jax.data import records as records_lib
 from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.batch import PAD_ID, batch_from_rows, pad_rows, position_table
+from leanpo_jax.data.batching import bucket_interfaces, video_bucket_of
 from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.data.tokenize import ChatTokenizer
 from leanpo_jax.generate import config as gen_config
@@ -96,6 +99,15 @@ def chat_sampling_config(tok: ChatTokenizer, vocab_rows: int, *, max_new_tokens:
                           banned_ids=tuple(banned), min_new_tokens=min_new_tokens, **decoding)
 
 
+class VideoBucket(NamedTuple):
+    """One frame size of the run (data.video_buckets; the model's own without) as generation
+    uses it: the model's interface at that size, its placeholder counts, its read arguments."""
+    interface: ModelInterface
+    n_video: int
+    n_loser: int
+    read_args: dict
+
+
 class SelfGenerator:
     """Generates pairs for triplet files with one frozen model (see the module docstring)."""
 
@@ -123,9 +135,12 @@ class SelfGenerator:
         data = config.data
         self.frames = int(self.g.num_frames) if int(self.g.num_frames) != -1 else int(data.num_frames)
         self.score_frames = int(data.num_frames)
-        self.read_args = video_lib.data_read_args(interface.frames, data)  # as training reads the videos
         self.keep = int(self.g.augment.keep_frames)
-        self.n_video, self.n_loser = interface.video_tokens(self.frames), interface.video_tokens(self.keep)
+        # Each record is read at the bucket nearest its aspect ratio (its own vote) and batched
+        # with records of the same bucket; frames are read as training reads them.
+        self.buckets = [VideoBucket(b, b.video_tokens(self.frames), b.video_tokens(self.keep),
+                                    video_lib.data_read_args(b.frames, data)) for b in bucket_interfaces(interface, data)]
+        self._select(0)
         self.frame_policy = interface.frames
         family_defaults = family_of(model_config).decoding_defaults(model_config)
         self.decoding = {s: gen_config.resolved_decoding(self.g, s, family_defaults) for s in ("winner", "loser")}
@@ -133,6 +148,15 @@ class SelfGenerator:
         self.model = self.winner_sampler = self.loser_sampler = None
         if model is not None:
             self._use_model(model)
+
+    def _select(self, k: int) -> None:
+        """Makes bucket k's interface and counts the ones the next batch is generated with."""
+        self.interface, self.n_video, self.n_loser, self.read_args = self.buckets[k]
+
+    def _bucket_of(self, path: str) -> int:
+        if len(self.buckets) == 1:
+            return 0
+        return video_bucket_of([video_lib.probe_size(path)], [b.interface.frames.size for b in self.buckets])
 
     def _use_model(self, model) -> None:
         def sampler(side):
@@ -316,12 +340,14 @@ class SelfGenerator:
                 print(f"leanpo-generate: skipped {source_at} id={record_id!r}: {reason}: {detail}",
                       file=sys.stderr, flush=True)
 
-            pending: List[Dict] = []
+            pending_by_bucket: Dict[int, List[Dict]] = {k: [] for k in range(len(self.buckets))}
 
-            def flush_pending():
+            def flush_pending(k: int):
                 nonlocal written
+                pending = pending_by_bucket[k]
                 if not pending:
                     return
+                self._select(k)
                 try:
                     results = self._process(pending)
                 except Exception as e:  # noqa: BLE001  a generation error fails the batch, not the run
@@ -349,10 +375,12 @@ class SelfGenerator:
                     bar is not None and bar.update(1)
                     continue
                 path = os.path.join(video_root, record.video)
+                k = self._bucket_of(path)
+                read_args = self.buckets[k].read_args
                 try:
-                    frames, info = video_lib.read_video(path, self.frames, **self.read_args)
+                    frames, info = video_lib.read_video(path, self.frames, **read_args)
                     score_frames = frames if self.score_frames == self.frames else video_lib.read_video(
-                        path, self.score_frames, **self.read_args)[0]
+                        path, self.score_frames, **read_args)[0]
                 except video_lib.VideoError as e:
                     fail(record.source, record.id, e.reason, f"video {path!r}: {e.detail}")
                     bar is not None and bar.update(1)
@@ -361,12 +389,13 @@ class SelfGenerator:
                 # cannot load stops the run instead of failing every record.
                 self._ensure_model()
                 attempted += 1
-                pending.append({"id": record.id, "video": record.video, "prompt": record.prompt,
+                pending_by_bucket[k].append({"id": record.id, "video": record.video, "prompt": record.prompt,
                                 "answer": record.answer, "source": record.source, "frames": frames,
                                 "score_frames": score_frames, "duration_s": info.duration_s})
-                if len(pending) == int(self.g.batch_size):
-                    flush_pending()
-            flush_pending()
+                if len(pending_by_bucket[k]) == int(self.g.batch_size):
+                    flush_pending(k)
+            for k in pending_by_bucket:
+                flush_pending(k)
         if bar is not None:
             bar.close()
         out.close()

