@@ -1,7 +1,8 @@
 """What every family's config carries besides its shapes, and small rules their parsers share.
 
 `RuntimeFields` is the base dataclass of each family config: compute / parameter dtypes, the
-attention implementation ("xla", "cudnn" or None = JAX picks) and per-layer remat. They are
+attention implementation ("xla", "cudnn" or None = JAX picks), per-layer remat and the LoRA
+adapters (`lora`). They are
 choices of a run, not properties of the weights: config.json never records them
 (`RUNTIME_FIELDS`), so a load picks its own.
 """
@@ -13,6 +14,8 @@ import json
 import os
 from typing import Optional, Sequence
 
+from leanpo_jax.models.lora import LoRAConfig
+
 
 @dataclasses.dataclass(frozen=True)
 class RuntimeFields:
@@ -20,6 +23,7 @@ class RuntimeFields:
     param_dtype: str = "float32"
     attention_impl: Optional[str] = None
     remat: bool = False
+    lora: Optional[LoRAConfig] = None  # adapters on the language model (models/lora.py); None = none
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)

@@ -16,13 +16,13 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 
 
-def logical_param(value: jax.Array, names: tuple, eager: Optional[bool] = None) -> nnx.Param:
+def logical_param(value: jax.Array, names: tuple, eager: Optional[bool] = None, *, kind=nnx.Param) -> nnx.Param:
     """An `nnx.Param` annotated with logical axis `names` (one per dim; None = replicated).
 
     Flax's eager sharding needs a mesh and rules; without both (single-device tests, plain
     CPU builds) the names are kept as metadata only and `nnx.get_partition_spec` /
     `nnx.get_named_sharding` under `nnx.logical_axis_rules` map them later. `eager` forces
-    the choice either way.
+    the choice either way. `kind`: the Param subclass (e.g. lora.LoRAParam).
     """
     if len(names) != value.ndim:
         raise ValueError(f"{len(names)} axis names {names} for a {value.ndim}-d parameter")
@@ -32,7 +32,7 @@ def logical_param(value: jax.Array, names: tuple, eager: Optional[bool] = None) 
             and not jax.sharding.get_abstract_mesh().empty
             and bool(flax_spmd.get_logical_axis_rules())
         )
-    return nnx.Param(value, out_sharding=tuple(names), eager_sharding=eager)
+    return kind(value, out_sharding=tuple(names), eager_sharding=eager)
 
 
 def normal_init(rngs: nnx.Rngs, shape, std: float, dtype) -> jax.Array:

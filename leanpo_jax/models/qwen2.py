@@ -60,6 +60,7 @@ from leanpo_jax.models.attention import (
     KV, KVCache, apply_rope, attend, mark_valid, mrope_axis_of_frequency, next_position,
     self_attention_mask, suffix_attention_mask, with_axes, write_rows,
 )
+from leanpo_jax.models import lora as lora_lib
 from leanpo_jax.models.text_config import TextConfig
 from leanpo_jax.models.params import logical_param, normal_init
 
@@ -130,7 +131,8 @@ class DecoderLayers(nnx.Module):
                 setattr(self, name, init.normal(full, names))
 
     def arrays(self) -> dict:
-        return {name: getattr(self, name)[...] for name in _LAYER_PARAMS if hasattr(self, name)}
+        base = {name: getattr(self, name)[...] for name in _LAYER_PARAMS if hasattr(self, name)}
+        return {**base, **lora_lib.adapter_arrays(self)}
 
 
 def _response_mask(kv_mask, own_mask, bp: int, p: int, s: int, group: int) -> jax.Array:
@@ -148,11 +150,14 @@ class Qwen2(nnx.Module):
     statistics, RoPE angles and softmax stay f32 either way). attention_impl: None/"xla" or
     "cudnn" (bf16/fp16 on GPU). remat: jax.checkpoint around each scanned layer.
     eager_sharding: None shards Params at creation only when a mesh and axis rules are active.
+    lora: adapters on the layers' projections (models/lora.py), matched against HF module
+    names under `lora_prefix` ("model." for a text model, "model.language_model." in a VLM).
     """
 
     def __init__(self, config: TextConfig, *, rngs: nnx.Rngs, dtype="float32",
                  param_dtype="float32", attention_impl: Optional[str] = None, remat: bool = False,
-                 eager_sharding: Optional[bool] = None):
+                 eager_sharding: Optional[bool] = None, lora: Optional[lora_lib.LoRAConfig] = None,
+                 lora_prefix: str = "model."):
         if config.num_heads % config.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
         if config.mrope_section is not None:  # refuse a bad section at build time, not at trace time
@@ -163,15 +168,19 @@ class Qwen2(nnx.Module):
         d, v = config.hidden_size, config.vocab_size
         self.embed_tokens = init.normal((v, d), ("vocab", "embed"))
         self.layers = DecoderLayers(config, init)
+        if lora is not None and lora.enabled:
+            lora_lib.add_adapters(self.layers, {n: axes for n, (axes, _, _) in _LAYER_PARAMS.items()}, lora,
+                                  config.num_layers, lora_prefix, rngs)
         self.final_norm = init.const((d,), ("norm",), 1.0)
         self.lm_head = (None if config.tie_word_embeddings
                         else init.normal((d, v), ("embed", "vocab")))
 
     @classmethod
     def from_config(cls, config, *, rngs: nnx.Rngs, **overrides) -> "Qwen2":
-        """Decoder of a family config (its `.text`, dtypes, attention implementation, remat)."""
+        """Decoder of a family config (its `.text`, dtypes, attention implementation, remat,
+        LoRA adapters); overrides: e.g. lora_prefix."""
         kwargs = dict(dtype=config.dtype, param_dtype=config.param_dtype,
-                      attention_impl=config.attention_impl, remat=config.remat)
+                      attention_impl=config.attention_impl, remat=config.remat, lora=lora_lib.lora_of(config))
         kwargs.update(overrides)
         return cls(config.text, rngs=rngs, **kwargs)
 
@@ -191,9 +200,9 @@ class Qwen2(nnx.Module):
         c = self.config
         p = {name: w.astype(self.dtype) for name, w in p.items()}
         h = rms_norm(x, p["input_norm"], c.rms_norm_eps)
-        q = jnp.einsum("btd,dnh->btnh", h, p["q_kernel"])
-        k = jnp.einsum("btd,dnh->btnh", h, p["k_kernel"])
-        v = jnp.einsum("btd,dnh->btnh", h, p["v_kernel"])
+        q = lora_lib.project(p, "q_kernel", h, "btd,dnh->btnh")
+        k = lora_lib.project(p, "k_kernel", h, "btd,dnh->btnh")
+        v = lora_lib.project(p, "v_kernel", h, "btd,dnh->btnh")
         if c.attention_bias:
             q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
         q = apply_rope(q, positions, c.rope_theta, c.rope_linear_factor, c.mrope_section)
@@ -215,10 +224,11 @@ class Qwen2(nnx.Module):
             keys = jnp.concatenate([pk.astype(k.dtype), merge(k)], axis=1)
             values = jnp.concatenate([pv.astype(v.dtype), merge(v)], axis=1)
             out = attend(merge(q), keys, values, mask, self.attention_impl).reshape(b2, s, n, hd)
-        x = x + jnp.einsum("btnh,nhd->btd", out, p["o_kernel"])
+        x = x + lora_lib.project(p, "o_kernel", out, "btnh,nhd->btd")
         h = rms_norm(x, p["post_norm"], c.rms_norm_eps)
-        mlp = jax.nn.silu(h @ p["gate_kernel"]) * (h @ p["up_kernel"])
-        return x + mlp @ p["down_kernel"], (k, v)
+        mlp = jax.nn.silu(lora_lib.project(p, "gate_kernel", h, "btd,df->btf")) * lora_lib.project(
+            p, "up_kernel", h, "btd,df->btf")
+        return x + lora_lib.project(p, "down_kernel", mlp, "btf,fd->btd"), (k, v)
 
     def _run(self, x, positions, mask, prefix: Optional[KV], prompt_len: Optional[int] = None):
         """Scans the layers over x; returns (final-normed hidden, own KV stacked [L, ...])."""

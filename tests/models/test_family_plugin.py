@@ -37,9 +37,10 @@ def toy_tokens(num_frames: int) -> int:
     return 2 * num_frames
 
 
-def toy_positions(video_id: int, prompt_ids) -> np.ndarray:
+def toy_positions(video_id: int, prompt_ids, sampled_fps=None) -> np.ndarray:
     """A host-side position table (as M-RoPE families compute one): +1 per token, except that
-    every second video placeholder repeats the position before it."""
+    every second video placeholder repeats the position before it (the video's sampled fps,
+    which the contract passes, does not matter here)."""
     is_video = np.asarray(prompt_ids) == video_id
     shared = is_video & (np.cumsum(is_video) % 2 == 0)
     step = np.where(shared, 0, 1)

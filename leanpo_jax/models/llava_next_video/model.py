@@ -29,7 +29,8 @@ class NextVideoLLM(VideoLLM):
         self.config = config
         self.vision_tower = ClipVisionTower(config, rngs=rngs)
         self.connector = NextVideoConnector(config, rngs=rngs)
-        self.language_model = Qwen2.from_config(config, rngs=rngs)
+        # LoRA targets use transformers 5's in-memory module names of the language model.
+        self.language_model = Qwen2.from_config(config, rngs=rngs, lora_prefix="model.language_model.")
         self.hf_extra = HFExtra({})
 
     def num_video_tokens(self, num_frames: Optional[int] = None) -> int:

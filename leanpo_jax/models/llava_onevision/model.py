@@ -41,7 +41,8 @@ class VideoLLM(nnx.Module):
         else:
             self.vision_tower = None
             self.connector = None
-        self.language_model = Qwen2.from_config(config, rngs=rngs)
+        # LoRA targets use transformers 5's in-memory module names of the language model.
+        self.language_model = Qwen2.from_config(config, rngs=rngs, lora_prefix="model." if config.vision is None else "model.language_model.")
         self.hf_extra = HFExtra({})
 
     # ------------------------------------------------------------------------------ pieces

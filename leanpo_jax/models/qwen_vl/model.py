@@ -31,7 +31,8 @@ class QwenVLModel(VideoLLM):
         self.config = config
         self.vision_tower = QwenVisionTower(config, rngs=rngs)
         self.connector = None
-        self.language_model = Qwen2.from_config(config, rngs=rngs)
+        # LoRA targets use transformers 5's in-memory module names of the language model.
+        self.language_model = Qwen2.from_config(config, rngs=rngs, lora_prefix="model.language_model.")
         self.hf_extra = HFExtra({})
 
     def encode_video(self, frames: jax.Array) -> jax.Array:

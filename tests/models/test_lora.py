@@ -1,0 +1,119 @@
+"""LoRA adapters in the decoder: B = 0 is the base model exactly, random A / B equal the base
+model with W + scale·A·B merged in float64 NumPy, gradients reach A / B only, target semantics
+(leaf names, regex, nothing matched) and the PEFT initialisation bounds."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from leanpo_jax.models import TextConfig
+from leanpo_jax.models import lora as lora_lib
+from leanpo_jax.models.qwen2 import Qwen2
+
+CONFIG = TextConfig(vocab_size=500, hidden_size=32, intermediate_size=48, num_layers=3, num_heads=4,
+                    num_kv_heads=2, head_dim=8, rope_theta=1e6, rms_norm_eps=1e-6, attention_bias=True,
+                    tie_word_embeddings=True)
+IDS = np.random.default_rng(0).integers(1, 500, (2, 7)).astype(np.int32)
+
+
+def forward(model):
+    return np.asarray(model(model.embed(jnp.asarray(IDS))))
+
+
+def with_random_b(model, seed=1):
+    """Non-zero B (a fresh adapter's is 0) on every adapter."""
+    state = nnx.state(model, lora_lib.LoRAParam)
+    flat = dict(nnx.to_flat_state(state))
+    keys = jax.random.split(jax.random.key(seed), len(flat))
+    for key, (path, var) in zip(keys, sorted(flat.items())):
+        if path[-1].endswith("_lora_b"):
+            var.set_value(0.3 * jax.random.normal(key, var.shape, jnp.float32))
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model
+
+
+@pytest.fixture(scope="module")
+def base():
+    return Qwen2(CONFIG, rngs=nnx.Rngs(0))
+
+
+def test_fresh_adapters_leave_the_model_unchanged(base):
+    adapted = Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=lora_lib.LoRAConfig(rank=4, alpha=8.0))
+    nnx.update(adapted, nnx.state(base, nnx.Param))  # same base weights (the adapters draw rng too)
+    assert len(jax.tree.leaves(nnx.state(adapted, lora_lib.LoRAParam))) == 2 * 7
+    np.testing.assert_array_equal(forward(adapted), forward(base))
+
+
+@pytest.mark.parametrize("rslora", [False, True])
+def test_adapted_forward_equals_the_float64_merged_weights(base, rslora):
+    cfg = lora_lib.LoRAConfig(rank=4, alpha=8.0, use_rslora=rslora, target_modules=r".*layers\.[02]\..*_proj")
+    adapted = Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=cfg)
+    nnx.update(adapted, nnx.state(base, nnx.Param))
+    with_random_b(adapted)
+    scale = 8.0 / (2.0 if rslora else 4.0)
+    assert cfg.scale == scale
+    merged = Qwen2(CONFIG, rngs=nnx.Rngs(0))
+    nnx.update(merged, nnx.state(base, nnx.Param))
+    layers = adapted.layers
+    for name, (_, n_in) in lora_lib.PROJECTIONS.items():
+        w = np.asarray(getattr(layers, name)[...], np.float64)
+        a = np.asarray(getattr(layers, f"{name}_lora_a")[...], np.float64)
+        b = np.asarray(getattr(layers, f"{name}_lora_b")[...], np.float64)
+        for layer in (0, 2):  # the regex adapts layers 0 and 2 only; layer 1's scale is 0
+            ins = w.shape[1:1 + n_in]
+            delta = a[layer].reshape(math.prod(ins), -1) @ b[layer].reshape(b.shape[1], -1)
+            w[layer] += scale * delta.reshape(w.shape[1:])
+        np.testing.assert_array_equal(np.asarray(getattr(layers, f"{name}_lora_scale")[...]), [scale, 0, scale])
+        getattr(merged.layers, name).set_value(jnp.asarray(w, jnp.float32))
+    got, want = forward(adapted), forward(merged)
+    assert np.abs(got - forward(base)).max() > 1e-2  # the adapters do change the output
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+def test_gradients_reach_only_the_adapters_of_targeted_layers(base):
+    adapted = with_random_b(Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=lora_lib.LoRAConfig(
+        rank=2, target_modules=r"model\.layers\.1\.(self_attn\.q_proj|mlp\.down_proj)")))
+    graphdef, adapters, rest = nnx.split(adapted, lora_lib.LoRAParam, ...)
+
+    def loss(adapters):
+        model = nnx.merge(graphdef, adapters, rest)
+        return jnp.sum(model(model.embed(jnp.asarray(IDS))) ** 2)
+
+    grads = dict(nnx.to_flat_state(jax.grad(loss)(adapters)))
+    assert sorted(p[-1] for p in grads) == ["down_kernel_lora_a", "down_kernel_lora_b", "q_kernel_lora_a",
+                                            "q_kernel_lora_b"]
+    for path, g in grads.items():
+        g = np.asarray(g[...])
+        assert np.abs(g[1]).max() > 0 and not g[0].any() and not g[2].any(), path  # layer 1 only
+
+
+def test_target_modules_semantics():
+    names = lambda cfg: sorted(lora_lib.resolve_targets(cfg, 2, "model.language_model."))  # noqa: E731
+    assert names(lora_lib.LoRAConfig(rank=1)) == sorted(lora_lib.PROJECTIONS)  # default: every linear
+    assert names(lora_lib.LoRAConfig(rank=1, target_modules=("q_proj", "v_proj"))) == ["q_kernel", "v_kernel"]
+    assert names(lora_lib.LoRAConfig(rank=1, target_modules=("self_attn.o_proj",))) == ["o_kernel"]
+    assert names(lora_lib.LoRAConfig(rank=1, target_modules=r".*\.mlp\..*")) == ["down_kernel", "gate_kernel",
+                                                                                   "up_kernel"]
+    mask = lora_lib.resolve_targets(lora_lib.LoRAConfig(rank=1, target_modules=r".*layers\.1\.self_attn\.k_proj"),
+                                    2, "model.")
+    np.testing.assert_array_equal(mask["k_kernel"], [False, True])
+    with pytest.raises(ValueError, match=r"matches no linear layer.*model\.language_model\.layers\.0\.self_attn\.q_proj"):
+        lora_lib.resolve_targets(lora_lib.LoRAConfig(rank=1, target_modules="q_proj"), 2, "model.language_model.")
+    with pytest.raises(ValueError, match="matches no linear layer"):
+        lora_lib.resolve_targets(lora_lib.LoRAConfig(rank=1, target_modules=("qkv",)), 2, "model.")
+    with pytest.raises(ValueError, match="model.lora.dropout"):
+        lora_lib.LoRAConfig(rank=1, dropout=0.1)
+
+
+def test_a_is_drawn_like_peft_and_b_starts_at_zero():
+    model = Qwen2(CONFIG, rngs=nnx.Rngs(3), lora=lora_lib.LoRAConfig(rank=8))
+    a = np.asarray(model.layers.o_kernel_lora_a[...])  # fan_in = 4 heads x 8 = 32
+    assert a.shape == (3, 4, 8, 8) and a.dtype == np.float32
+    assert np.abs(a).max() <= 1 / math.sqrt(32) and np.abs(a).max() > 0.9 / math.sqrt(32)
+    assert not np.asarray(model.layers.down_kernel_lora_b[...]).any()
+    assert model.layers.q_kernel_lora_a.out_sharding == ("layers", "embed", None)
+    assert model.layers.q_kernel_lora_b.out_sharding == ("layers", None, "heads", "head_dim")
