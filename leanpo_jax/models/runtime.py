@@ -6,7 +6,8 @@
 
 Runtime settings are not properties of the weights: the compute dtype ("auto": bfloat16 on
 accelerators, float32 on CPU), the attention kernel ("auto": cuDNN on GPU, XLA elsewhere),
-per-layer remat, and for presets only an override of the vocabulary rows. With
+per-layer remat, LoRA adapters (`model.lora.*`), and for presets only an override of the
+vocabulary rows. With
 `model.init_from` the checkpoint decides everything else (family, shapes, vocabulary).
 """
 
@@ -17,7 +18,22 @@ from typing import Optional
 
 from leanpo_jax.data.chat_template import with_chat_template
 from leanpo_jax.data.contract import ModelInterface
+from leanpo_jax.models.lora import LoRAConfig
 from leanpo_jax.models.registry import ModelSource, resolve_model
+
+_REGEX_CHARS = set("^$*+?()[]|\\")
+
+
+def lora_config(block) -> Optional[LoRAConfig]:
+    """model.lora as a LoRAConfig (None when absent or rank 0). target_modules: "" = every
+    linear layer, "a,b" = module names, a string with regex characters = a regex."""
+    if block is None or not int(block.get("rank", 0)):
+        return None
+    target = str(block.get("target_modules", "") or "")
+    if not any(ch in _REGEX_CHARS for ch in target):
+        target = tuple(t.strip() for t in target.split(",") if t.strip())
+    return LoRAConfig(rank=int(block.rank), alpha=float(block.alpha), dropout=float(block.dropout),
+                      use_rslora=bool(block.use_rslora), target_modules=target)
 
 
 def compute_dtype(value: str, platform: str) -> str:
@@ -48,7 +64,7 @@ def model_source(model_block, platform: str) -> ModelSource:
             text=dataclasses.replace(config.text, vocab_size=vocab)))
     return source.replace_config(dtype=compute_dtype(model_block.dtype, platform),
                                  attention_impl=attention_impl(model_block.attention_impl, platform),
-                                 remat=bool(model_block.remat))
+                                 remat=bool(model_block.remat), lora=lora_config(model_block.get("lora")))
 
 
 def data_interface(source: ModelSource, data_block) -> ModelInterface:

@@ -34,6 +34,17 @@ RESUMABLE_KEYS = ("num_steps", "logging", "distributed.coordinator_address",
                   "data.skip_check_min_records")
 DTYPES = ("auto", "float32", "bfloat16")
 
+LORA = Block(
+    "LoRA adapters on the language model (models/lora.py); rank 0 = full fine-tuning",
+    rank=Field(0, "Adapter rank r (0 = off: the modules of model.frozen_modules train in full)", rule=">= 0"),
+    alpha=Field(16.0, "scale = alpha / r (alpha / sqrt(r) with use_rslora)", rule="> 0"),
+    dropout=Field(0.0, "Adapter input dropout (only 0 is implemented)", rule="in [0, 1)"),
+    use_rslora=Field(False, "Rank-stabilised scale alpha / sqrt(r)"),
+    target_modules=Field("", 'PEFT semantics: "" = every linear layer of the language model; a comma '
+                         'list of module names ("q_proj,v_proj", matching a module name\'s last parts); '
+                         'or a regex (any of ^$*+?()[]|\\) re.fullmatch-ed against the whole HF module name '
+                         "(transformers 5 in memory, e.g. model.language_model.layers.0.self_attn.q_proj)"),
+)
 MODEL = Block(
     "the Video-LLM",
     preset=Field("tiny", "Preset name (used when model.init_from is empty): tiny, demo, "
@@ -50,6 +61,7 @@ MODEL = Block(
                          "tower and projector do not)"),
     vocab_size=Field(0, "Override the preset's vocabulary rows (0 = keep); must cover the "
                      "tokenizer's ids", rule=">= 0"),
+    lora=LORA,
 )
 TRAIN = Block(
     "the step",

@@ -51,6 +51,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from leanpo_jax.config_schema import Block, Field
+from leanpo_jax.models.lora import LoRAParam, lora_of
 from leanpo_jax.train.partitioning import DEFAULT_RULES, has_variables, like_params, param_shardings
 
 DEFAULT_FROZEN: Tuple[str, ...] = ("vision_tower", "connector")
@@ -111,20 +112,24 @@ class TrainState:
     rng: jax.Array
 
 
-def trainable_filter(frozen: Sequence[str] = DEFAULT_FROZEN):
-    """nnx filter: a Param whose top-level module name is not in `frozen`."""
+def trainable_filter(frozen: Sequence[str] = DEFAULT_FROZEN, *, lora: bool = False):
+    """nnx filter: a Param whose top-level module name is not in `frozen`; with `lora`, the
+    adapters (lora.LoRAParam) alone, every base weight frozen."""
     frozen = tuple(frozen)
 
     def is_trainable(path, value) -> bool:
+        if lora:
+            return isinstance(value, LoRAParam)
         return isinstance(value, nnx.Param) and (not path or str(path[0]) not in frozen)
 
     return is_trainable
 
 
 def split_model(model: nnx.Module, frozen: Sequence[str] = DEFAULT_FROZEN):
-    """-> (ModelDef, trainable nnx.State, frozen nnx.State)."""
+    """-> (ModelDef, trainable nnx.State, frozen nnx.State). A model with LoRA adapters
+    (config.lora) trains its adapters only."""
     graphdef, trainable, frozen_state, other = nnx.split(
-        model, trainable_filter(frozen), nnx.Param, ...
+        model, trainable_filter(frozen, lora=lora_of(model.config) is not None), nnx.Param, ...
     )
     if not jax.tree.leaves(trainable):
         raise ValueError(f"no trainable parameters: every Param is under one of {tuple(frozen)}")

@@ -248,3 +248,34 @@ def test_train_steps_update_only_trainable_params_and_skip_non_finite():
     state, metrics = step(state, batch)  # a finite step resets the consecutive count only
     assert [int(x) for x in state_lib.skip_counts(state.opt_state)] == [0, 1]
     assert np.isfinite(float(metrics["loss"][0])) and int(state.step) == 6
+
+
+def test_lora_steps_train_the_adapters_only_and_start_at_the_base_loss():
+    from leanpo_jax.models.lora import LoRAConfig, LoRAParam
+
+    base = VideoLLM(tiny_config(), rngs=nnx.Rngs(0))
+    model = VideoLLM(tiny_config().replace(lora=LoRAConfig(rank=4, alpha=8.0)), rngs=nnx.Rngs(0))
+    nnx.update(model, nnx.state(base, nnx.Param))  # the same base weights
+    opt_cfg = dict(learning_rate=3e-2, schedule="constant", warmup_ratio=0.0, total_steps=10, max_grad_norm=1.0)
+    model_def, state = state_lib.init_state(model, opt_cfg, 0)
+    trainable = dict(nnx.to_flat_state(state.params["trainable"]))
+    assert len(trainable) == 2 * 7 and all(p[-1].endswith(("_lora_a", "_lora_b")) for p in trainable)
+    assert all(p[:2] == ("language_model", "layers") for p in trainable)
+    base_def, base_state = state_lib.init_state(base, opt_cfg, 0)
+    batch = make_batch(model_def.config, **PAIR_BATCH)
+    base_loss = float(step_lib.make_train_step(base_def, {"chunk_size": 4}, opt_cfg)(base_state, batch)[1]["loss"][0])
+    step = step_lib.make_train_step(model_def, {"chunk_size": 4}, opt_cfg)
+    frozen0 = jax.tree.map(np.array, state.params["frozen"])
+    b0 = np.array(state.params["trainable"]["language_model"]["layers"]["q_kernel_lora_b"][...])
+    assert not b0.any()
+    losses = []
+    for _ in range(3):
+        state, metrics = step(state, batch)
+        losses.append(float(metrics["loss"][0]))
+    assert losses[0] == pytest.approx(base_loss, abs=1e-6)  # B = 0: the base model's loss
+    assert losses[-1] < losses[0]
+    for a, b in zip(jax.tree.leaves(frozen0), jax.tree.leaves(state.params["frozen"])):
+        np.testing.assert_array_equal(a, b)  # every base weight bit-identical
+    assert np.abs(np.asarray(state.params["trainable"]["language_model"]["layers"]["q_kernel_lora_b"][...])).max() > 0
+    assert not any(isinstance(v, LoRAParam) for v in jax.tree.leaves(
+        state.params["frozen"], is_leaf=lambda x: isinstance(x, nnx.Variable)))
