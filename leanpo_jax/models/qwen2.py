@@ -168,12 +168,19 @@ class Qwen2(nnx.Module):
         d, v = config.hidden_size, config.vocab_size
         self.embed_tokens = init.normal((v, d), ("vocab", "embed"))
         self.layers = DecoderLayers(config, init)
-        if lora is not None and lora.enabled:
-            lora_lib.add_adapters(self.layers, {n: axes for n, (axes, _, _) in _LAYER_PARAMS.items()}, lora,
-                                  config.num_layers, lora_prefix, rngs)
+        self.lora = lora if lora is not None and lora.enabled else None
+        self.lora_prefix = lora_prefix
+        if self.lora is not None:
+            self.init_adapters(rngs)
         self.final_norm = init.const((d,), ("norm",), 1.0)
         self.lm_head = (None if config.tie_word_embeddings
                         else init.normal((d, v), ("embed", "vocab")))
+
+    def init_adapters(self, rngs: nnx.Rngs) -> None:
+        """(Re)creates fresh LoRA adapters (A drawn, B = 0) over the current base kernels, e.g.
+        after the base weights were loaded into an abstract model."""
+        axes = {n: a for n, (a, _, _) in _LAYER_PARAMS.items()}
+        lora_lib.add_adapters(self.layers, axes, self.lora, self.config.num_layers, self.lora_prefix, rngs)
 
     @classmethod
     def from_config(cls, config, *, rngs: nnx.Rngs, **overrides) -> "Qwen2":

@@ -116,16 +116,22 @@ class ModelSource:
         """A seeded random model of the config (presets)."""
         return self.family.build(self.config, nnx.Rngs(int(seed)))
 
-    def load(self, dtype=None):
+    def load(self, dtype=None, seed: int = 0):
         """The checkpoint's weights in the model of this source's config: the stored dtypes (or
-        `dtype`) for the parameters, the config's compute dtype, attention kernel and remat."""
+        `dtype`) for the parameters, the config's compute dtype, attention kernel and remat;
+        with config.lora, fresh adapters (A drawn from `seed`, B = 0) on the loaded base."""
         if self.folder is None:
             raise ValueError(f"{self.where} has no checkpoint to load; build() it instead")
-        loaded = self.family.load_hf(self.folder, config=self.config, dtype=dtype)
+        loaded = self.family.load_hf(self.folder, config=self.config.replace(lora=None), dtype=dtype)
         # The loader builds with the stored dtype as compute dtype and no remat; rebuild the
         # module graph with this config's runtime fields around the loaded arrays.
         target = self.family.abstract(self.config.replace(param_dtype=loaded.config.param_dtype))
         nnx.update(target, nnx.state(loaded))
+        if getattr(self.config, "lora", None) is not None:
+            rngs = nnx.Rngs(int(seed))
+            for _, module in nnx.iter_graph(target):
+                if getattr(module, "lora", None) is not None and hasattr(module, "init_adapters"):
+                    module.init_adapters(rngs)
         return target
 
 

@@ -58,7 +58,7 @@ def build_model(source, seed: int, mesh):
     """The initial model on the mesh: the checkpoint of `source` (a models.ModelSource) or
     its seeded random init."""
     if source.folder is not None:
-        return partitioning.shard_model(source.load(), mesh)
+        return partitioning.shard_model(source.load(seed=seed), mesh)  # seed: fresh LoRA adapters
     return partitioning.build_sharded(lambda: source.build(seed), mesh)
 
 

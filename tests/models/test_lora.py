@@ -117,3 +117,27 @@ def test_a_is_drawn_like_peft_and_b_starts_at_zero():
     assert not np.asarray(model.layers.down_kernel_lora_b[...]).any()
     assert model.layers.q_kernel_lora_a.out_sharding == ("layers", "embed", None)
     assert model.layers.q_kernel_lora_b.out_sharding == ("layers", None, "heads", "head_dim")
+
+
+def test_a_checkpoint_loads_under_fresh_adapters(tmp_path):
+    """model.init_from + model.lora: the base weights from the folder, A drawn, B = 0 (so the
+    loaded model computes what the checkpoint does)."""
+    from leanpo_jax.models import resolve_model, save_hf
+    from leanpo_jax.models.runtime import lora_config, model_source
+    import ml_collections
+
+    saved = resolve_model("tiny").build(5)
+    save_hf(saved, str(tmp_path / "ckpt"))
+    block = ml_collections.ConfigDict({"preset": "", "init_from": str(tmp_path / "ckpt"), "dtype": "float32",
+                                       "attention_impl": "xla", "remat": False, "vocab_size": 0,
+                                       "lora": {"rank": 2, "alpha": 4.0, "dropout": 0.0, "use_rslora": False,
+                                                "target_modules": "q_proj, v_proj"}})
+    assert lora_config(block.lora).target_modules == ("q_proj", "v_proj")
+    assert lora_config(ml_collections.ConfigDict({"rank": 2, "alpha": 4.0, "dropout": 0.0, "use_rslora": False,
+                                                  "target_modules": r".*\.q_proj"})).target_modules == r".*\.q_proj"
+    model = model_source(block, "cpu").load(seed=1)
+    lm = model.language_model
+    assert lm.lora.rank == 2 and not np.asarray(lm.layers.q_kernel_lora_b[...]).any()
+    assert np.abs(np.asarray(lm.layers.v_kernel_lora_a[...])).max() > 0 and not hasattr(lm.layers, "k_kernel_lora_a")
+    ids = jnp.asarray(IDS % 100)
+    np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(saved(ids)))
