@@ -23,12 +23,15 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from leanpo_jax.data.tokenize import save_tokenizer_files
 from leanpo_jax.models import save_hf
+from leanpo_jax.models.lora import lora_of
+from leanpo_jax.models.peft_io import merge_adapters, save_peft_adapter
 from leanpo_jax.train import metrics_log
 from leanpo_jax.train import state as state_lib
 
 SUMMARY_FILENAME = "train_summary.json"
 HF_DIRNAME = "hf"
 EXPORT_MARKER = "leanpo_export.json"
+LORA_ADAPTER_DIR = "lora_adapter"  # inside the exported HF folder: the PEFT adapter of a LoRA run
 
 
 def export_step(folder: str) -> Optional[int]:
@@ -69,7 +72,9 @@ def export_hf(params: Dict, model_def: state_lib.ModelDef, param_dtypes, mesh, o
     Every process must call it (the parameters are gathered with a collective); process 0
     writes. The folder holds the weights and configs (`save_hf`, with the placeholder's text in
     the tokenizer as the video token, so config and tokenizer agree when loaded again) and the
-    training tokenizer's files, so transformers' AutoTokenizer / processor load it as is.
+    training tokenizer's files, so transformers' AutoTokenizer / processor load it as is. A LoRA
+    run writes the adapters as a PEFT folder `out`/lora_adapter (for the base it started from)
+    and the weights merged (W + scale·A·B), so `out` loads as a plain model too.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     with jax.set_mesh(mesh):
@@ -81,6 +86,9 @@ def export_hf(params: Dict, model_def: state_lib.ModelDef, param_dtypes, mesh, o
     partial = out.rstrip("/") + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
     token = None if video_token_index is None else tokenizer.tokenizer.id_to_token(video_token_index)
+    if lora_of(model_def.config) is not None:
+        save_peft_adapter(model, os.path.join(partial, LORA_ADAPTER_DIR), base_model_name_or_path=source)
+        merge_adapters(model)
     save_hf(model, partial, **({} if token is None else {"video_token": token}))
     save_tokenizer_files(tokenizer.where, partial)
     with open(os.path.join(partial, EXPORT_MARKER), "w", encoding="utf-8") as f:
