@@ -33,6 +33,7 @@ import numpy as np
 from leanpo_jax.data.pipeline import DataPipeline, make_tokenizer
 from leanpo_jax.data.skip_budget import SkipBudget, describe_skips
 from leanpo_jax.models.runtime import data_interface, model_source
+from leanpo_jax.train import adapter_checkpoints
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import config as config_lib
 from leanpo_jax.train import flops as flops_lib
@@ -143,9 +144,15 @@ class Trainer(SidePasses):
         meta = {"config": self.flat_config, "frozen_weights_from": self.source.folder
                 or f"random init: {self.source.where}, seed {self.config.seed}",
                 "total_steps": self.total_steps, "process_count": jax.process_count()}
+        if adapter_checkpoints.adapters_only(self.model_def):
+            meta[adapter_checkpoints.FINGERPRINT_KEY] = self._base_fingerprint()
         # Every host's own iterator state (Orbax writes JSON items from process 0 only).
         data_state = process_states.gather(self.pipeline.get_state())
-        self.ckpt.save(step, state, data_state=data_state, meta=meta, force=force)
+        self.ckpt.save(step, adapter_checkpoints.saved_part(state, self.model_def), data_state=data_state,
+                       meta=meta, force=force)
+
+    def _base_fingerprint(self) -> str:
+        return adapter_checkpoints.base_fingerprint(self.source.folder, int(self.config.seed), self.source.config)
 
     # ----------------------------------------------------------------------------- the run
     def run(self) -> Dict:
@@ -179,9 +186,12 @@ class Trainer(SidePasses):
         step = self.latest if step is None else step
         if step is not None:
             # The fresh state's arrays already sit in their shardings: restore onto the same.
-            abstract = jax.tree.map(
-                lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-            state, data_state, _ = self.ckpt.restore(abstract, step)
+            abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                                    adapter_checkpoints.saved_part(state, self.model_def))
+            restored, data_state, meta = self.ckpt.restore(abstract, step)
+            if adapter_checkpoints.adapters_only(self.model_def):
+                adapter_checkpoints.check_base(meta, self._base_fingerprint(), f"{self.ckpt_dir} step {step}")
+            state = adapter_checkpoints.with_frozen(restored, state, self.model_def)
             if restore_data:
                 self.pipeline.set_state(process_states.select(data_state))
         start = int(jax.device_get(state.step))
