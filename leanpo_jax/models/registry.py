@@ -95,12 +95,15 @@ def checkpoint_family(folder: str, config_json: Optional[dict] = None) -> Family
 
 @dataclasses.dataclass(frozen=True)
 class ModelSource:
-    """A model to start from: its family, config and the checkpoint folder (None: a preset)."""
+    """A model to start from: its family, config and the checkpoint folder (None: a preset);
+    `adapter`: a PEFT LoRA folder whose weights replace the fresh adapters (config.lora is the
+    folder's)."""
 
     family: Family
     config: object
     folder: Optional[str] = None
     preset: Optional[str] = None
+    adapter: Optional[str] = None
 
     @property
     def where(self) -> str:
@@ -114,7 +117,14 @@ class ModelSource:
 
     def build(self, seed: int = 0):
         """A seeded random model of the config (presets)."""
-        return self.family.build(self.config, nnx.Rngs(int(seed)))
+        return self._with_adapter(self.family.build(self.config, nnx.Rngs(int(seed))))
+
+    def _with_adapter(self, model):
+        if self.adapter:
+            from leanpo_jax.models.peft_io import load_peft_adapter  # pylint: disable=import-outside-toplevel
+
+            load_peft_adapter(model, self.adapter)
+        return model
 
     def load(self, dtype=None, seed: int = 0):
         """The checkpoint's weights in the model of this source's config: the stored dtypes (or
@@ -132,7 +142,7 @@ class ModelSource:
             for _, module in nnx.iter_graph(target):
                 if getattr(module, "lora", None) is not None and hasattr(module, "init_adapters"):
                     module.init_adapters(rngs)
-        return target
+        return self._with_adapter(target)
 
 
 def resolve_model(preset: str = "", init_from: str = "") -> ModelSource:

@@ -14,6 +14,7 @@ vocabulary rows. With
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional
 
 from leanpo_jax.data.chat_template import with_chat_template
@@ -26,8 +27,19 @@ _REGEX_CHARS = set("^$*+?()[]|\\")
 
 def lora_config(block) -> Optional[LoRAConfig]:
     """model.lora as a LoRAConfig (None when absent or rank 0). target_modules: "" = every
-    linear layer, "a,b" = module names, a string with regex characters = a regex."""
-    if block is None or not int(block.get("rank", 0)):
+    linear layer, "a,b" = module names, a string with regex characters = a regex. With
+    model.lora.init_from, the adapter folder's own settings (model.lora.rank 0 or equal to it)."""
+    if block is None:
+        return None
+    if block.get("init_from"):
+        from leanpo_jax.models.peft_io import read_peft_config  # pylint: disable=import-outside-toplevel
+
+        cfg = read_peft_config(block.init_from)
+        if int(block.get("rank", 0)) not in (0, cfg.rank):
+            raise ValueError(f"config model.lora.rank={block.rank} but the adapter at model.lora.init_from="
+                             f"{block.init_from!r} has r={cfg.rank}: set model.lora.rank to 0 or {cfg.rank}")
+        return cfg
+    if not int(block.get("rank", 0)):
         return None
     target = str(block.get("target_modules", "") or "")
     if not any(ch in _REGEX_CHARS for ch in target):
@@ -62,9 +74,13 @@ def model_source(model_block, platform: str) -> ModelSource:
         config = source.config
         source = dataclasses.replace(source, config=config.replace(
             text=dataclasses.replace(config.text, vocab_size=vocab)))
-    return source.replace_config(dtype=compute_dtype(model_block.dtype, platform),
-                                 attention_impl=attention_impl(model_block.attention_impl, platform),
-                                 remat=bool(model_block.remat), lora=lora_config(model_block.get("lora")))
+    lora = model_block.get("lora")
+    source = source.replace_config(dtype=compute_dtype(model_block.dtype, platform),
+                                   attention_impl=attention_impl(model_block.attention_impl, platform),
+                                   remat=bool(model_block.remat), lora=lora_config(lora))
+    if lora is not None and lora.get("init_from"):
+        source = dataclasses.replace(source, adapter=os.path.abspath(lora.init_from))
+    return source
 
 
 def data_interface(source: ModelSource, data_block) -> ModelInterface:

@@ -44,6 +44,9 @@ LORA = Block(
                          'list of module names ("q_proj,v_proj", matching a module name\'s last parts); '
                          'or a regex (any of ^$*+?()[]|\\) re.fullmatch-ed against the whole HF module name '
                          "(transformers 5 in memory, e.g. model.language_model.layers.0.self_attn.q_proj)"),
+    init_from=Field("", 'PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to start '
+                    "the adapters from, for the base at model.init_from; its r / alpha / targets are used "
+                    '(model.lora.rank 0 or equal); "" = fresh adapters'),
 )
 MODEL = Block(
     "the Video-LLM",

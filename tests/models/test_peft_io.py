@@ -8,6 +8,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from flax import nnx
@@ -16,6 +17,7 @@ from leanpo_jax.models import get_preset, resolve_model, save_hf
 from leanpo_jax.models import lora as lora_lib
 from leanpo_jax.models import peft_io
 from leanpo_jax.models.qwen_vl.hf_config import transformers_dict
+from leanpo_jax.models.runtime import model_source
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -86,7 +88,19 @@ def test_a_peft_made_adapter_loads_here_with_peft_logits(folder, tmp_path):
     assert (cfg.rank, cfg.alpha, cfg.use_rslora, cfg.scale) == (4, 16.0, True, 8.0)
     model = adapted(folder, cfg)
     peft_io.load_peft_adapter(model, str(tmp_path / "made"))
-    np.testing.assert_allclose(our_logits(model), torch_logits(made), atol=1e-4, rtol=0)
+    want = torch_logits(made)
+    np.testing.assert_allclose(our_logits(model), want, atol=1e-4, rtol=0)
+    # The same through the config: model.init_from + model.lora.init_from (its r / alpha / targets).
+    block = ml_collections.ConfigDict({"preset": "", "init_from": folder, "dtype": "float32", "attention_impl": "xla",
+                                       "remat": False, "vocab_size": 0, "lora": {
+                                           "rank": 0, "alpha": 1.0, "dropout": 0.0, "use_rslora": False,
+                                           "target_modules": "", "init_from": str(tmp_path / "made")}})
+    source = model_source(block, "cpu")
+    assert source.config.lora == cfg
+    np.testing.assert_allclose(our_logits(source.load()), want, atol=1e-4, rtol=0)
+    block.lora.rank = 8
+    with pytest.raises(ValueError, match=r"model.lora.rank=8 but the adapter .* has r=4"):
+        model_source(block, "cpu")
 
 
 def test_merged_model_equals_the_adapted_one_and_reloads_in_transformers(folder, tmp_path):
