@@ -44,6 +44,8 @@ LORA = Block(
                          'list of module names ("q_proj,v_proj", matching a module name\'s last parts); '
                          'or a regex (any of ^$*+?()[]|\\) re.fullmatch-ed against the whole HF module name '
                          "(transformers 5 in memory, e.g. model.language_model.layers.0.self_attn.q_proj)"),
+    base_dtype=Field("auto", 'The frozen base weights\' dtype: "auto" (bfloat16 on GPU/TPU, float32 on CPU); the '
+                     "adapters and their optimizer state are float32 whatever it is", choices=DTYPES),
     init_from=Field("", 'PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors) to start '
                     "the adapters from, for the base at model.init_from; its r / alpha / targets are used "
                     '(model.lora.rank 0 or equal); "" = fresh adapters'),

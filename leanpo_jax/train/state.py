@@ -201,7 +201,7 @@ def init_state(model: nnx.Module, cfg: Any, rng, *, frozen: Sequence[str] | None
 
 
 def initial_state(trainable, frozen, cfg: Any, rng, *, mesh: jax.sharding.Mesh | None = None,
-                  rules=DEFAULT_RULES) -> TrainState:
+                  rules=DEFAULT_RULES, frozen_dtype=None) -> TrainState:
     """The TrainState at step 0 from split params (`split_model`), built by one jit.
 
     Trainable params are copied to float32 (master weights), the optimizer state is
@@ -209,12 +209,16 @@ def initial_state(trainable, frozen, cfg: Any, rng, *, mesh: jax.sharding.Mesh |
     `jax.random.key(seed)` inside the jit). With `mesh`, the jit's out_shardings are
     `state_shardings`: every array, step and rng included, is a global array on the mesh, also
     across processes (so an int seed is the multi-process choice: no host array to place).
-    The outputs are fresh buffers: nothing aliases `trainable` / `frozen`.
+    The outputs are fresh buffers: nothing aliases `trainable` / `frozen`. `frozen_dtype`: the
+    frozen params' floating leaves are cast to it (a LoRA run's bf16 base), inside the jit.
     """
     seed = int(rng) if isinstance(rng, (int, np.integer)) else None
 
     def build(trainable, frozen, key):
         trainable = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), trainable)
+        if frozen_dtype is not None:
+            frozen = jax.tree.map(lambda x: x.astype(frozen_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                  frozen)
         return TrainState(
             params={"trainable": trainable, "frozen": frozen},
             opt_state=make_optimizer(cfg).init(trainable), step=jnp.zeros((), jnp.int32),

@@ -32,7 +32,7 @@ import numpy as np
 
 from leanpo_jax.data.pipeline import DataPipeline, make_tokenizer
 from leanpo_jax.data.skip_budget import SkipBudget, describe_skips
-from leanpo_jax.models.runtime import data_interface, model_source
+from leanpo_jax.models.runtime import compute_dtype, data_interface, model_source
 from leanpo_jax.train import adapter_checkpoints
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train import config as config_lib
@@ -134,7 +134,14 @@ class Trainer(SidePasses):
         global array in the state's shardings, and nothing aliases the model's buffers (the
         first donated step would delete them)."""
         return state_lib.initial_state(trainable, frozen_params, opt_cfg, int(self.config.seed),
-                                       mesh=self.mesh)
+                                       mesh=self.mesh, frozen_dtype=self._frozen_dtype())
+
+    def _frozen_dtype(self):
+        """A LoRA run's frozen base dtype (model.lora.base_dtype; "auto": bfloat16 on accelerators,
+        float32 on CPU); None (as loaded) for full fine-tuning."""
+        if not adapter_checkpoints.adapters_only(self.model_def):
+            return None
+        return compute_dtype(self.config.model.lora.base_dtype, jax.devices()[0].platform)
 
     # ----------------------------------------------------------------------------- pieces
     def _model(self, state):

@@ -41,3 +41,18 @@ def test_adapter_only_round_trip_and_base_check(tmp_path):
     # The rank is not part of the base.
     assert ac.base_fingerprint(None, 0, config) == ac.base_fingerprint(None, 0, config.replace(lora=LoRAConfig(rank=8)))
     ckpt.close()
+
+
+def test_a_lora_base_can_be_kept_in_bfloat16():
+    import jax.numpy as jnp
+
+    base = get_preset("tiny")
+    config = base.replace(text=dataclasses.replace(base.text, vocab_size=512), lora=LoRAConfig(rank=2))
+    _, trainable, frozen = state_lib.split_model(VideoLLM(config, rngs=nnx.Rngs(0)))
+    state = state_lib.initial_state(trainable, frozen, dict(learning_rate=1e-3, schedule="constant",
+                                                            warmup_ratio=0.0, total_steps=4), 0,
+                                    frozen_dtype=jnp.bfloat16)
+    assert {x.dtype for x in jax.tree.leaves(state.params["frozen"])} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(state.params["trainable"])} == {jnp.dtype(jnp.float32)}
+    for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(state.params["frozen"])):
+        np.testing.assert_array_equal(np.asarray(a[...], np.float32).astype(jnp.bfloat16), np.asarray(b))
