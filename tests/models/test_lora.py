@@ -141,3 +141,27 @@ def test_a_checkpoint_loads_under_fresh_adapters(tmp_path):
     assert np.abs(np.asarray(lm.layers.v_kernel_lora_a[...])).max() > 0 and not hasattr(lm.layers, "k_kernel_lora_a")
     ids = jnp.asarray(IDS % 100)
     np.testing.assert_array_equal(np.asarray(model(ids)), np.asarray(saved(ids)))
+
+
+def test_kv_cache_decoding_with_adapters_equals_the_merged_model(base):
+    """Generation runs the adapters through prefill and decode_step; merged weights give the same."""
+    from leanpo_jax.models import peft_io
+
+    def adapted_copy():
+        model = Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=lora_lib.LoRAConfig(rank=4, alpha=8.0))
+        nnx.update(model, nnx.state(base, nnx.Param))
+        return with_random_b(model)
+
+    adapted, merged = adapted_copy(), adapted_copy()
+    peft_io.merge_adapters(merged)
+    assert merged.lora is None and not hasattr(merged.layers, "q_kernel_lora_a")
+    outs = []
+    for model in (adapted, merged):
+        hidden, cache = model.prefill(model.embed(jnp.asarray(IDS)), max_len=IDS.shape[1] + 2)
+        steps = [hidden[:, -1]]
+        for token in (5, 6):
+            h, cache = model.decode_step(model.embed(jnp.full((2, 1), token, jnp.int32)), cache)
+            steps.append(h[:, -1])
+        outs.append(np.stack([np.asarray(s) for s in steps]))
+    assert np.abs(outs[0] - forward(base)[:, -1][None]).max() > 1e-2
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-5, rtol=0)
