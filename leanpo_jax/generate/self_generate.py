@@ -238,7 +238,9 @@ class SelfGenerator:
             rows = ok + [ok[0]] * (b - len(ok))
             prompts = [encoded[i]["prompt_ids"] for i in rows]
             fn = self.interface.positions_fn
-            rates = [self.score_frames / items[i]["duration_s"] for i in rows]
+            # The clip's length gives the sampled fps of a time-aware position table (None: unknown).
+            rates = [None if items[i].get("duration_s") is None else self.score_frames / items[i]["duration_s"]
+                     for i in rows]
             batch = batch_from_rows(
                 "scored_pairs", prompts, {name: [encoded[i][f"{name}_ids"] for i in rows] for name in names},
                 prompt_len=n + int(d.max_prompt_text_tokens), response_len=r,
@@ -266,7 +268,7 @@ class SelfGenerator:
         if not live:
             return {}
         videos = self._video_batch([frames(i) for i in live])
-        rates = [len(frames(i)) / duration(i) for i in live]
+        rates = [None if duration(i) is None else len(frames(i)) / duration(i) for i in live]
         texts = self._generate(sampler, [prompts[i] for i in live], videos, n_video, [seed(i) for i in live], rates)
         return dict(zip(live, texts))
 
@@ -274,7 +276,7 @@ class SelfGenerator:
         """Generation for up to batch_size readable records -> a row dict or RecordFailed each."""
         results: List[object] = [None] * len(batch)
         frames = lambda i: batch[i]["frames"]  # noqa: E731
-        duration = lambda i: batch[i]["duration_s"]  # noqa: E731
+        duration = lambda i: batch[i].get("duration_s")  # noqa: E731
 
         def seed(turn):
             return lambda i: turn_seed(int(self.g.seed), batch[i]["id"], turn)
