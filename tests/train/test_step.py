@@ -279,3 +279,10 @@ def test_lora_steps_train_the_adapters_only_and_start_at_the_base_loss():
     assert np.abs(np.asarray(state.params["trainable"]["language_model"]["layers"]["q_kernel_lora_b"][...])).max() > 0
     assert not any(isinstance(v, LoRAParam) for v in jax.tree.leaves(
         state.params["frozen"], is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    # The shared-prefix layout equals the naive one with adapters too (B is non-zero by now).
+    trainable, frozen = state.params["trainable"], state.params["frozen"]
+    batch = jax.tree.map(jnp.asarray, step_lib.normalize_batch(batch, model_def.config))
+    (loss_s, _), grads_s = _grad_fn(model_def, "shared")(trainable, frozen, batch)
+    (loss_n, _), grads_n = _grad_fn(model_def, "naive")(trainable, frozen, batch)
+    np.testing.assert_allclose(loss_s, loss_n, rtol=1e-5)
+    assert _rel_err(grads_s, grads_n) <= 1e-5
