@@ -153,6 +153,11 @@ def merged_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array, scale: jax.Arra
     return (kernel.astype(jnp.float32) + delta).astype(kernel.dtype)
 
 
+def adapted_decoders(model) -> list:
+    """The modules of `model` that carry LoRA adapters (decoders with `.lora` set and `.layers`)."""
+    return [m for _, m in nnx.iter_graph(model) if getattr(m, "lora", None) is not None and hasattr(m, "layers")]
+
+
 def lora_of(config) -> Optional[LoRAConfig]:
     """The LoRA settings a family config carries (None / rank 0: none)."""
     cfg = getattr(config, "lora", None)

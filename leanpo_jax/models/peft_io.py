@@ -22,7 +22,6 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from leanpo_jax.models import lora as lora_lib
 from leanpo_jax.models.safetensors_io import load_file, save_file
@@ -32,7 +31,7 @@ CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 
 def _decoders(model):
     """The LoRA-carrying decoders of `model` (modules with `.lora` and `.layers`)."""
-    found = [m for _, m in nnx.iter_graph(model) if getattr(m, "lora", None) is not None and hasattr(m, "layers")]
+    found = lora_lib.adapted_decoders(model)
     if not found:
         raise ValueError("the model has no LoRA adapters (set model.lora.rank > 0)")
     return found

@@ -21,6 +21,7 @@ from flax import nnx
 
 from leanpo_jax.data.contract import ModelInterface
 from leanpo_jax.models.family import Family
+from leanpo_jax.models.lora import adapted_decoders
 from leanpo_jax.models.llava_next_video.family import FAMILY as LLAVA_NEXT_VIDEO
 from leanpo_jax.models.llava_onevision.family import FAMILY as LLAVA_ONEVISION
 from leanpo_jax.models.qwen_vl.family import FAMILY as QWEN_VL
@@ -139,9 +140,8 @@ class ModelSource:
         nnx.update(target, nnx.state(loaded))
         if getattr(self.config, "lora", None) is not None:
             rngs = nnx.Rngs(int(seed))
-            for _, module in nnx.iter_graph(target):
-                if getattr(module, "lora", None) is not None and hasattr(module, "init_adapters"):
-                    module.init_adapters(rngs)
+            for decoder in adapted_decoders(target):
+                decoder.init_adapters(rngs)
         return self._with_adapter(target)
 
 
