@@ -65,3 +65,29 @@ def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=No
 def run_cli_fixture():
     """The `run_cli` helper as a fixture."""
     return run_cli
+
+
+def saved_arrays(workdir, step):
+    """{pytree path: array} of the TrainState saved at checkpoint `step` of a training run."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def cut_back_run(full, cut, step, last):
+    """A copy of the run in `full` at `cut` as it stood at checkpoint `step` of a run that ended at
+    `last`: later checkpoint, metrics rows and final artifacts removed (to resume it)."""
+    import json
+    import shutil
+
+    from leanpo_jax.train.metrics_log import read_metrics
+
+    shutil.copytree(full, cut)
+    for name in (f"checkpoints/{last}", "hf", "train_summary.json", "training_curves.png"):
+        path = os.path.join(cut, name)
+        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    kept = [r for r in read_metrics(cut) if r["step"] <= step]
+    with open(os.path.join(cut, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)

@@ -10,7 +10,6 @@ No Llama tokenizer ships offline: every run names the look-alike of tests/llama_
 import functools
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +18,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import COMPILATION_CACHE_DIR, run_cli
+from conftest import COMPILATION_CACHE_DIR, cut_back_run, run_cli, saved_arrays
 from llama_tokenizer import BOS, EOS, write_llama_tokenizer
 
 from leanpo_jax.data import synthetic, video
@@ -381,13 +380,6 @@ def _train(workdir, tokenizer_dir):
                     "--config.checkpoint.every=2", "--config.checkpoint.max_to_keep=20"], env=env)
 
 
-def _saved_arrays(workdir, step):
-    import orbax.checkpoint as ocp
-
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def _train_rows(workdir):
     return [r for r in read_metrics(workdir) if "kind" not in r]
 
@@ -412,18 +404,12 @@ def test_trainer_runs_exports_and_resumes_exactly(tmp_path, tokenizer_dir):
     with open(os.path.join(hf, "tokenizer.json"), "rb") as a, open(os.path.join(tokenizer_dir, "tokenizer.json"), "rb") as b:
         assert a.read() == b.read()
     embed = nnx.state(load_hf(hf), nnx.Param)["language_model"]["embed_tokens"][...]
-    final = _saved_arrays(full, 4)
+    final = saved_arrays(full, 4)
     trained = [v for k, v in final.items() if "trainable" in k and "embed_tokens" in k]
     assert len(trained) == 1
     np.testing.assert_array_equal(np.asarray(embed), trained[0])
 
-    shutil.copytree(full, cut)
-    for name in ("checkpoints/4", "hf", "train_summary.json", "training_curves.png"):
-        path = os.path.join(cut, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    kept = [r for r in read_metrics(cut) if r["step"] <= 2]
-    with open(os.path.join(cut, "metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
+    cut_back_run(full, cut, 2, 4)
     resumed = _train(cut, tokenizer_dir)
     assert "resumed from step 2" in resumed.stdout + resumed.stderr and "done at step 4" in resumed.stdout
     again = _train_rows(cut)
@@ -431,7 +417,7 @@ def test_trainer_runs_exports_and_resumes_exactly(tmp_path, tokenizer_dir):
     for got, want in zip(again[2:], rows[2:]):
         for key in ("loss", "loss/preference", "logps/chosen", "rewards/margins"):
             assert abs(got[key] - want[key]) <= 1e-6 * max(1.0, abs(want[key])), (got["step"], key)
-    after = _saved_arrays(cut, 4)
+    after = saved_arrays(cut, 4)
     assert after.keys() == final.keys()
     for key in final:
         np.testing.assert_array_equal(after[key], final[key], err_msg=key)

@@ -5,12 +5,10 @@ same adapters (LoRA checkpoints hold no base weights)."""
 
 import json
 import os
-import shutil
 
-import jax
 import numpy as np
 
-from conftest import COMPILATION_CACHE_DIR, run_cli
+from conftest import COMPILATION_CACHE_DIR, cut_back_run, run_cli, saved_arrays
 
 from leanpo_jax.models import resolve_model
 from leanpo_jax.train.metrics_log import read_metrics
@@ -28,13 +26,6 @@ def _train(workdir):
                     "--config.checkpoint.max_to_keep=20"], env=env)
 
 
-def _saved_arrays(workdir, step):
-    import orbax.checkpoint as ocp
-
-    tree = ocp.PyTreeCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
 def _train_rows(workdir):
     return [r for r in read_metrics(workdir) if "kind" not in r]
 
@@ -45,7 +36,7 @@ def test_lora_trainer_on_qwen25_vl_exports_and_resumes_exactly(tmp_path):
     assert "done at step 4" in proc.stdout
     rows = _train_rows(full)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in rows)
-    saved = _saved_arrays(full, 4)
+    saved = saved_arrays(full, 4)
     assert saved and all("frozen" not in k for k in saved)  # adapters, Adam moments, step, rng
     assert any(k.endswith("['q_kernel_lora_b']") and "trainable" in k for k in saved)
 
@@ -56,13 +47,7 @@ def test_lora_trainer_on_qwen25_vl_exports_and_resumes_exactly(tmp_path):
         adapter = json.load(f)
     assert (adapter["r"], adapter["lora_alpha"], adapter["peft_type"]) == (4, 8.0, "LORA")
 
-    shutil.copytree(full, cut)
-    for name in ("checkpoints/4", "hf", "train_summary.json", "training_curves.png"):
-        path = os.path.join(cut, name)
-        shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    kept = [r for r in read_metrics(cut) if r["step"] <= 2]
-    with open(os.path.join(cut, "metrics.jsonl"), "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in kept)
+    cut_back_run(full, cut, 2, 4)
     resumed = _train(cut)
     assert "resumed from step 2" in resumed.stdout + resumed.stderr and "done at step 4" in resumed.stdout
     again = _train_rows(cut)
@@ -70,7 +55,7 @@ def test_lora_trainer_on_qwen25_vl_exports_and_resumes_exactly(tmp_path):
     for got, want in zip(again[2:], rows[2:]):
         for key in ("loss", "loss/preference", "logps/chosen", "rewards/margins"):
             assert abs(got[key] - want[key]) <= 1e-6 * max(1.0, abs(want[key])), (got["step"], key)
-    after = _saved_arrays(cut, 4)
+    after = saved_arrays(cut, 4)
     assert after.keys() == saved.keys()
     for key in saved:
         np.testing.assert_array_equal(after[key], saved[key], err_msg=key)
