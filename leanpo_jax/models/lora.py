@@ -16,11 +16,19 @@ of the language model in transformers 5 memory (`<prefix>layers.{i}.self_attn.q_
 "model." for a text model, "model.language_model." for the Video-LLM classes): a tuple of names
 matches a module whose name equals one or ends with "." + one; a string is a regex that must
 `re.fullmatch` the whole name; () means every linear layer of the language model. Vision towers
-take no adapters. Dropout on the adapter input is not implemented yet (0 only).
+take no adapters.
+
+Dropout (`LoRAConfig.dropout` = p) acts on each adapter's input only, as PEFT's does:
+scale · (dropout(x) A) B with an independent mask per projection and layer. It is on only
+inside `adapter_dropout(key)`, which the train step opens around the policy's forward (trace
+time): generation, scoring and evaluation never drop. The masks derive from the key alone
+(`layer_keys`, `dropout_key_of`), so a resumed run redraws the same ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 import re
@@ -60,9 +68,8 @@ class LoRAConfig:
             raise ValueError(f"model.lora.rank={self.rank!r}: expected >= 0 (0 = no adapters)")
         if not self.alpha > 0:
             raise ValueError(f"model.lora.alpha={self.alpha!r}: expected > 0")
-        if self.dropout:
-            raise ValueError(f"model.lora.dropout={self.dropout!r}: adapter dropout is not implemented yet; "
-                             "set it to 0")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"model.lora.dropout={self.dropout!r}: expected a rate in [0, 1)")
         if not isinstance(self.target_modules, str):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
 
@@ -134,13 +141,53 @@ def adapter_arrays(layers) -> dict:
     return out
 
 
-def project(p: dict, name: str, x: jax.Array, equation: str) -> jax.Array:
+# The train step's dropout key while its forward is traced (adapter_dropout); None elsewhere.
+_DROPOUT = contextvars.ContextVar("leanpo_lora_dropout", default=None)
+
+
+@contextlib.contextmanager
+def adapter_dropout(key):
+    """Adapters of decoders whose LoRAConfig has dropout > 0 drop their inputs while this
+    context is open at trace time; each decoder run inside takes the next key of `key`."""
+    token = _DROPOUT.set([key, 0])
+    try:
+        yield
+    finally:
+        _DROPOUT.reset(token)
+
+
+def layer_keys(cfg: Optional[LoRAConfig], num_layers: int):
+    """[L] dropout keys for one decoder run (the k-th run in the open context uses
+    fold_in(key, k) split L ways), or None when nothing drops."""
+    state = _DROPOUT.get()
+    if state is None or cfg is None or not float(cfg.dropout) > 0:
+        return None
+    key, k = state
+    state[1] = k + 1
+    return jax.random.split(jax.random.fold_in(key, k), num_layers)
+
+
+def dropout_key_of(layer_key, name: str):
+    """The mask key of projection `name` in a layer (independent per projection, as PEFT's)."""
+    return jax.random.fold_in(layer_key, list(PROJECTIONS).index(name))
+
+
+def drop(x: jax.Array, key, rate: float) -> jax.Array:
+    """Inverted dropout: x / (1 - rate) where bernoulli(key, 1 - rate, x.shape), else 0."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def project(p: dict, name: str, x: jax.Array, equation: str, dropout=None) -> jax.Array:
     """One layer's projection `name` of x (p: the layer's slices): einsum(equation, x, W) plus
-    scale · (x A) B when the layer carries an adapter for it."""
+    scale · (x' A) B when the layer carries an adapter for it; x' = x, or with
+    dropout=(layer_key, rate) drop(x, dropout_key_of(layer_key, name), rate)."""
     out = jnp.einsum(equation, x, p[name])
     if f"{name}_lora_a" not in p:
         return out
     n_in = PROJECTIONS[name][1]
+    if dropout is not None:
+        x = drop(x, dropout_key_of(dropout[0], name), dropout[1])
     low = jnp.tensordot(x, p[f"{name}_lora_a"].astype(x.dtype), axes=n_in)
     return out + p[f"{name}_lora_scale"].astype(x.dtype) * jnp.tensordot(low, p[f"{name}_lora_b"].astype(x.dtype), 1)
 

@@ -104,7 +104,8 @@ def read_peft_config(adapter_dir: str) -> lora_lib.LoRAConfig:
         if not ok:
             raise ValueError(f"{path}: {key}={d.get(key)!r} is not supported (plain LoRA on linear layers only)")
     target = d.get("target_modules") or ()
-    return lora_lib.LoRAConfig(rank=int(d["r"]), alpha=float(d["lora_alpha"]), dropout=0.0,
+    return lora_lib.LoRAConfig(rank=int(d["r"]), alpha=float(d["lora_alpha"]),
+                               dropout=float(d.get("lora_dropout", 0.0) or 0.0),
                                use_rslora=bool(d.get("use_rslora", False)),
                                target_modules=target if isinstance(target, str) else tuple(target))
 

@@ -201,15 +201,18 @@ class Qwen2(nnx.Module):
         kernel = self.embed_tokens[...].T if self.lm_head is None else self.lm_head[...]
         return kernel.astype(self.dtype)
 
-    def _layer(self, p: dict, x, positions, mask, prefix, prompt_len: Optional[int] = None):
+    def _layer(self, p: dict, x, positions, mask, prefix, prompt_len: Optional[int] = None, drop_key=None):
         """One decoder layer; returns (x, (k, v)) with this call's own RoPE'd keys/values.
-        `prompt_len`: x is packed [prompt ‖ merged responses] (see `packed`)."""
+        `prompt_len`: x is packed [prompt ‖ merged responses] (see `packed`); `drop_key`: this
+        layer's adapter-dropout key (lora.layer_keys) or None."""
         c = self.config
         p = {name: w.astype(self.dtype) for name, w in p.items()}
+        dropout = None if drop_key is None else (drop_key, float(self.lora.dropout))
+        project = lambda name, t, eq: lora_lib.project(p, name, t, eq, dropout)  # noqa: E731
         h = rms_norm(x, p["input_norm"], c.rms_norm_eps)
-        q = lora_lib.project(p, "q_kernel", h, "btd,dnh->btnh")
-        k = lora_lib.project(p, "k_kernel", h, "btd,dnh->btnh")
-        v = lora_lib.project(p, "v_kernel", h, "btd,dnh->btnh")
+        q = project("q_kernel", h, "btd,dnh->btnh")
+        k = project("k_kernel", h, "btd,dnh->btnh")
+        v = project("v_kernel", h, "btd,dnh->btnh")
         if c.attention_bias:
             q, k, v = q + p["q_bias"], k + p["k_bias"], v + p["v_bias"]
         q = apply_rope(q, positions, c.rope_theta, c.rope_linear_factor, c.mrope_section)
@@ -231,23 +234,23 @@ class Qwen2(nnx.Module):
             keys = jnp.concatenate([pk.astype(k.dtype), merge(k)], axis=1)
             values = jnp.concatenate([pv.astype(v.dtype), merge(v)], axis=1)
             out = attend(merge(q), keys, values, mask, self.attention_impl).reshape(b2, s, n, hd)
-        x = x + lora_lib.project(p, "o_kernel", out, "btnh,nhd->btd")
+        x = x + project("o_kernel", out, "btnh,nhd->btd")
         h = rms_norm(x, p["post_norm"], c.rms_norm_eps)
-        mlp = jax.nn.silu(lora_lib.project(p, "gate_kernel", h, "btd,df->btf")) * lora_lib.project(
-            p, "up_kernel", h, "btd,df->btf")
-        return x + lora_lib.project(p, "down_kernel", mlp, "btf,fd->btd"), (k, v)
+        mlp = jax.nn.silu(project("gate_kernel", h, "btd,df->btf")) * project("up_kernel", h, "btd,df->btf")
+        return x + project("down_kernel", mlp, "btf,fd->btd"), (k, v)
 
     def _run(self, x, positions, mask, prefix: Optional[KV], prompt_len: Optional[int] = None):
         """Scans the layers over x; returns (final-normed hidden, own KV stacked [L, ...])."""
 
         def body(carry, xs):
-            p, pre = xs
-            return self._layer(p, carry, positions, mask, pre, prompt_len)
+            p, pre, drop_key = xs
+            return self._layer(p, carry, positions, mask, pre, prompt_len, drop_key)
 
         if self.remat:
             body = jax.checkpoint(body, prevent_cse=False)
         pre = None if prefix is None else (prefix.k, prefix.v)
-        x, (k, v) = jax.lax.scan(body, x.astype(self.dtype), (self.layers.arrays(), pre))
+        keys = lora_lib.layer_keys(self.lora, self.config.num_layers)  # None unless training drops
+        x, (k, v) = jax.lax.scan(body, x.astype(self.dtype), (self.layers.arrays(), pre, keys))
         return rms_norm(x, self.final_norm[...], self.config.rms_norm_eps), KV(k, v)
 
     # ----------------------------------------------------------------------------- entry points

@@ -28,7 +28,8 @@ _REGEX_CHARS = set("^$*+?()[]|\\")
 def lora_config(block) -> Optional[LoRAConfig]:
     """model.lora as a LoRAConfig (None when absent or rank 0). target_modules: "" = every
     linear layer, "a,b" = module names, a string with regex characters = a regex. With
-    model.lora.init_from, the adapter folder's own settings (model.lora.rank 0 or equal to it)."""
+    model.lora.init_from, the adapter folder's own r / alpha / targets (model.lora.rank 0 or
+    equal to it) and this run's model.lora.dropout (a training setting, not the file's)."""
     if block is None:
         return None
     if block.get("init_from"):
@@ -38,7 +39,7 @@ def lora_config(block) -> Optional[LoRAConfig]:
         if int(block.get("rank", 0)) not in (0, cfg.rank):
             raise ValueError(f"config model.lora.rank={block.rank} but the adapter at model.lora.init_from="
                              f"{block.init_from!r} has r={cfg.rank}: set model.lora.rank to 0 or {cfg.rank}")
-        return cfg
+        return dataclasses.replace(cfg, dropout=float(block.get("dropout", 0.0)))
     if not int(block.get("rank", 0)):
         return None
     target = str(block.get("target_modules", "") or "")

@@ -38,7 +38,7 @@ LORA = Block(
     "LoRA adapters on the language model (models/lora.py); rank 0 = full fine-tuning",
     rank=Field(0, "Adapter rank r (0 = off: the modules of model.frozen_modules train in full)", rule=">= 0"),
     alpha=Field(16.0, "scale = alpha / r (alpha / sqrt(r) with use_rslora)", rule="> 0"),
-    dropout=Field(0.0, "Adapter input dropout (only 0 is implemented)", rule="in [0, 1)"),
+    dropout=Field(0.0, "Dropout rate on each adapter's input (train steps only, as PEFT's lora_dropout)", rule="in [0, 1)"),
     use_rslora=Field(False, "Rank-stabilised scale alpha / sqrt(r)"),
     target_modules=Field("", 'PEFT semantics: "" = every linear layer of the language model; a comma '
                          'list of module names ("q_proj,v_proj", matching a module name\'s last parts); '

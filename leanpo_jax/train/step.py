@@ -23,6 +23,7 @@ N_pairs = Σ w and N_tokens = Σ w·|y_w| are computed on the WHOLE batch before
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any, Dict, Tuple
 
@@ -32,6 +33,7 @@ import optax
 
 from leanpo_jax import losses
 from leanpo_jax.config_schema import Block, Field, default_of
+from leanpo_jax.models.lora import adapter_dropout
 from leanpo_jax.models.logps import LAYOUTS, normalize_batch, pair_logps  # noqa: F401  (the step's layouts)
 from leanpo_jax.train.state import ModelDef, TrainState, cfg_get, make_optimizer, make_schedule
 from leanpo_jax.train.state import merge_model, skip_counts
@@ -130,23 +132,28 @@ def objective(logps, batch, cfg, *, num_pairs=None, num_chosen_tokens=None):
 
 
 def loss_fn(trainable, frozen, batch, *, model_def: ModelDef, cfg, num_pairs=None,
-            num_chosen_tokens=None):
-    """(trainable, frozen, normalised batch) -> (loss, metrics). Differentiate w.r.t. trainable."""
+            num_chosen_tokens=None, dropout_key=None):
+    """(trainable, frozen, normalised batch) -> (loss, metrics). Differentiate w.r.t. trainable.
+    `dropout_key`: the LoRA adapters' dropout key (models/lora.py), None = no dropout."""
     model = merge_model(model_def, trainable, frozen)
     sft_only = _loss_cfg(cfg)["name"] == "sft"
-    logps = pair_logps(
-        model, batch, layout=cfg_get(cfg, "layout", "shared"),
-        chunk_size=int(cfg_get(cfg, "chunk_size", 128)), train_vision=model_def.trains_vision,
-        names=("chosen",) if sft_only else ("chosen", "rejected"),
-    )
+    with contextlib.ExitStack() as stack:
+        if dropout_key is not None:
+            stack.enter_context(adapter_dropout(dropout_key))
+        logps = pair_logps(
+            model, batch, layout=cfg_get(cfg, "layout", "shared"),
+            chunk_size=int(cfg_get(cfg, "chunk_size", 128)), train_vision=model_def.trains_vision,
+            names=("chosen",) if sft_only else ("chosen", "rejected"),
+        )
     return objective(logps, batch, cfg, num_pairs=num_pairs, num_chosen_tokens=num_chosen_tokens)
 
 
-def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):
+def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg, dropout_key=None):
     """-> (loss, grads (f32, like trainable), metrics): exact over cfg.grad_accum_steps splits.
 
     The batch is split into k contiguous micro-batches scanned one at a time; each uses the
-    whole batch's N_pairs / N_tokens, so Σ_i loss_i and Σ_i grad_i equal the full-batch values.
+    whole batch's N_pairs / N_tokens, so Σ_i loss_i and Σ_i grad_i equal the full-batch values
+    (without adapter dropout: micro-batch i drops with fold_in(dropout_key, i)).
     """
     batch = normalize_batch(batch, model_def.config)
     num_pairs, num_tokens = global_counts(batch)
@@ -158,12 +165,14 @@ def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):
         functools.partial(loss_fn, model_def=model_def, cfg=cfg, num_pairs=num_pairs,
                           num_chosen_tokens=num_tokens), has_aux=True)
     if k == 1:
-        (loss, metrics), grads = grad_fn(trainable, frozen, batch)
+        (loss, metrics), grads = grad_fn(trainable, frozen, batch, dropout_key=dropout_key)
         return loss, grads, metrics
     micro = jax.tree.map(lambda x: x.reshape((k, size // k) + x.shape[1:]), batch)
 
-    def body(carry, mb):
-        (loss, metrics), grads = grad_fn(trainable, frozen, mb)
+    def body(carry, xs):
+        mb, i = xs
+        key = None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+        (loss, metrics), grads = grad_fn(trainable, frozen, mb, dropout_key=key)
         total_loss, total_grads, total_metrics = carry
         return (total_loss + loss, jax.tree.map(jnp.add, total_grads, grads),
                 losses.sum_metrics(total_metrics, metrics)), None
@@ -172,14 +181,18 @@ def compute_grads(trainable, frozen, batch, *, model_def: ModelDef, cfg):
     shapes = jax.eval_shape(grad_fn, trainable, frozen, jax.tree.map(lambda x: x[0], micro))
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
     (_, metrics0), grads0 = zeros
-    (loss, grads, metrics), _ = jax.lax.scan(body, (zeros[0][0], grads0, metrics0), micro)
+    (loss, grads, metrics), _ = jax.lax.scan(body, (zeros[0][0], grads0, metrics0), (micro, jnp.arange(k)))
     return loss, grads, metrics
 
 
 def train_step(state: TrainState, batch, *, model_def: ModelDef, cfg, opt_cfg) -> Tuple[TrainState, Any]:
     """Pure step: grads over trainable params, the optax update, (sum, count) metrics."""
     trainable, frozen = state.params["trainable"], state.params["frozen"]
-    loss, grads, metrics = compute_grads(trainable, frozen, batch, model_def=model_def, cfg=cfg)
+    # This step's adapter-dropout key (used only when model.lora.dropout > 0): from the state,
+    # so a resumed run draws the same masks.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), 1)
+    loss, grads, metrics = compute_grads(trainable, frozen, batch, model_def=model_def, cfg=cfg,
+                                         dropout_key=dropout_key)
     tx = make_optimizer(opt_cfg)
     updates, opt_state = tx.update(grads, state.opt_state, trainable)
     trainable = optax.apply_updates(trainable, updates)

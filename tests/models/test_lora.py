@@ -105,8 +105,42 @@ def test_target_modules_semantics():
         lora_lib.resolve_targets(lora_lib.LoRAConfig(rank=1, target_modules="q_proj"), 2, "model.language_model.")
     with pytest.raises(ValueError, match="matches no linear layer"):
         lora_lib.resolve_targets(lora_lib.LoRAConfig(rank=1, target_modules=("qkv",)), 2, "model.")
-    with pytest.raises(ValueError, match="model.lora.dropout"):
-        lora_lib.LoRAConfig(rank=1, dropout=0.1)
+    with pytest.raises(ValueError, match=r"model.lora.dropout=1.0: expected a rate in \[0, 1\)"):
+        lora_lib.LoRAConfig(rank=1, dropout=1.0)
+
+
+def test_dropout_drops_the_adapter_input_only_and_only_in_its_context(base):
+    rate, key = 0.5, jax.random.key(7)
+    # One projection against float64 NumPy: x W + scale · (mask ∘ x / (1 - p)) A B.
+    rng = np.random.default_rng(2)
+    p = {"up_kernel": rng.normal(size=(32, 48)), "up_kernel_lora_a": rng.normal(size=(32, 4)),
+         "up_kernel_lora_b": rng.normal(size=(4, 48)), "up_kernel_lora_scale": np.float64(2.0)}
+    x = rng.normal(size=(2, 5, 32))
+    got = lora_lib.project({k: jnp.asarray(v, jnp.float32) for k, v in p.items()}, "up_kernel",
+                           jnp.asarray(x, jnp.float32), "btd,df->btf", (key, rate))
+    keep = np.asarray(jax.random.bernoulli(lora_lib.dropout_key_of(key, "up_kernel"), 1 - rate, x.shape))
+    assert 0.3 < keep.mean() < 0.7
+    want = x @ p["up_kernel"] + 2.0 * (np.where(keep, x / (1 - rate), 0) @ p["up_kernel_lora_a"]) @ p["up_kernel_lora_b"]
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+    # A decoder: B = 0 drops nothing visible; with B != 0 only inside adapter_dropout, the same
+    # key gives the same output, and each run inside the context draws new masks.
+    fresh = Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=lora_lib.LoRAConfig(rank=4, alpha=8.0, dropout=rate))
+    nnx.update(fresh, nnx.state(base, nnx.Param))
+    with lora_lib.adapter_dropout(key):
+        np.testing.assert_array_equal(forward(fresh), forward(base))
+    adapted = with_random_b(fresh)
+    plain = forward(adapted)
+    with lora_lib.adapter_dropout(key):
+        first, second = forward(adapted), forward(adapted)
+    with lora_lib.adapter_dropout(key):
+        again = forward(adapted)
+    assert np.abs(first - plain).max() > 1e-2 and np.abs(first - second).max() > 1e-2
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_array_equal(forward(adapted), plain)  # the context is closed: no dropout
+    no_drop = Qwen2(CONFIG, rngs=nnx.Rngs(0), lora=lora_lib.LoRAConfig(rank=4, alpha=8.0))
+    nnx.update(no_drop, nnx.state(adapted))
+    with lora_lib.adapter_dropout(key):
+        np.testing.assert_array_equal(forward(no_drop), plain)  # rate 0 never drops
 
 
 def test_a_is_drawn_like_peft_and_b_starts_at_zero():

@@ -286,3 +286,17 @@ def test_lora_steps_train_the_adapters_only_and_start_at_the_base_loss():
     (loss_n, _), grads_n = _grad_fn(model_def, "naive")(trainable, frozen, batch)
     np.testing.assert_allclose(loss_s, loss_n, rtol=1e-5)
     assert _rel_err(grads_s, grads_n) <= 1e-5
+    # Adapter dropout: the first loss is still the base one (B = 0), the update differs from the
+    # no-dropout step's, and a step from the same state is bit-identical (masks from the state).
+    dropping = VideoLLM(tiny_config().replace(lora=LoRAConfig(rank=4, alpha=8.0, dropout=0.5)), rngs=nnx.Rngs(0))
+    nnx.update(dropping, nnx.state(base, nnx.Param))
+    drop_def, drop_state = state_lib.init_state(dropping, opt_cfg, 0)
+    drop_step = step_lib.make_train_step(drop_def, {"chunk_size": 4}, opt_cfg)
+    runs = [drop_step(jax.tree.map(jnp.copy, drop_state), batch) for _ in range(2)]
+    assert float(runs[0][1]["loss"][0]) == pytest.approx(base_loss, abs=1e-6)
+    for a, b in zip(jax.tree.leaves(runs[0][0].params), jax.tree.leaves(runs[1][0].params)):
+        np.testing.assert_array_equal(a, b)
+    plain_state, _ = step(jax.tree.map(jnp.copy, drop_state), batch)
+    b_drop, b_plain = (np.asarray(s.params["trainable"]["language_model"]["layers"]["up_kernel_lora_b"][...])
+                       for s in (runs[0][0], plain_state))
+    assert np.abs(b_drop - b_plain).max() > 1e-6
