@@ -14,7 +14,8 @@ Rows (--json FILE writes {"meta": ..., "rows": [...]}) carry name, layout, impl 
 torch-hf, torch-liger), step_s (median of --steps timed calls after --warmup), tokens_per_s
 (2 · pairs · (prompt + response) per step for both layouts, as the peer counts), pairs_per_s,
 mfu (the row's model FLOPs for the layout it ran, over the dense matmul peak measured at the
-start of this run), peak_bytes, compile_s; failed rows carry "error" (and "oom").
+start of this run), peak_bytes, compile_s, trainable_params, lora_rank (shapes named "loraR":
+adapters only, bf16 base at full size; the peer uses peft); failed rows carry "error" (and "oom").
 Full size runs every job in its own process (--isolate auto), so a job's peak memory is its own
 and an out-of-memory row does not end the run.
 """
@@ -152,6 +153,8 @@ def format_table(rows: List[dict]) -> str:
         note = ""
         if r.get("vs_peer"):
             note = " ".join(f"{v:.2f}x {k.split('-')[1]}" for k, v in r["vs_peer"].items())
+        if r.get("lora_rank"):
+            note = f"{r.get('trainable_params', 0) / 1e6:.1f}M trainable  {note}".rstrip()
         if r["what"] == "data":
             note = f"{r['records_per_s']:.1f} records/s, {r['frames_per_s']:.0f} frames/s, {r['workers']} workers"
         if r.get("phase") == "encode":

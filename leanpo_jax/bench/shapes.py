@@ -7,7 +7,9 @@ LLM-only shapes put the response in the last `response` positions (seq − respo
 tokens); video shapes hold `prompt_text` text tokens plus the video's placeholder tokens.
 A shape names its model by preset (any registered family); the preset is looked up only when
 the shape's config is needed (`StepShape.config`), so a list may name a family that is not
-installed until that row runs.
+installed until that row runs. `lora_rank` > 0: LoRA adapters (alpha 2r) on every linear layer of
+the language model, the base frozen in the compute dtype, adapters only trained (ours and the
+peer's, with peft) — the same shape's full-fine-tuning row beside it gives the comparison.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import dataclasses
 from typing import List
 
 from leanpo_jax.models import TextConfig, get_preset, num_video_tokens
+from leanpo_jax.models.lora import LoRAConfig
 
 _QWEN = dict(rope_theta=1_000_000.0, max_position_embeddings=32768, attention_bias=True)
 TEXT_MODELS = {
@@ -58,13 +61,17 @@ class StepShape:
     seq: int = 0  # LLM-only: tokens per sequence (prompt + response)
     frames: int = 0  # video pairs: frames per video
     prompt_text: int = 0  # video pairs: text tokens of the prompt besides the video
+    lora_rank: int = 0  # > 0: LoRA adapters of this rank (alpha 2r) train, the base is frozen
 
     @property
     def is_video(self) -> bool:
         return self.frames > 0
 
     def config(self):
-        return model_config(self.model)
+        config = model_config(self.model)
+        if self.lora_rank:
+            config = config.replace(lora=LoRAConfig(rank=self.lora_rank, alpha=2.0 * self.lora_rank))
+        return config
 
     def prompt_len(self) -> int:
         if self.is_video:
@@ -91,6 +98,16 @@ FULL_STEP_SHAPES: List[StepShape] = [
     # 32 frames at 448 x 448: 16 x 16 x 16 = 4,096 video tokens (Qwen2.5-VL-7B, 8 of 28 layers).
     StepShape("qwen2.5-vl-7b-8L 32f remat", "qwen2.5-vl-7b-8L", pairs=1, frames=32, prompt_text=64,
               response=256, remat=True),
+    # LoRA r 64: next to the full-fine-tuning row above, then the full 28-layer 7B models at 16
+    # and 32 frames, which must fit one GPU with a bf16 base (full fine-tuning would need ~120 GB).
+    StepShape("qwen2.5-vl-7b-8L 32f remat lora64", "qwen2.5-vl-7b-8L", pairs=1, frames=32, prompt_text=64,
+              response=256, remat=True, lora_rank=64),
+    StepShape("qwen2.5-vl-7b 16f remat lora64", "qwen2.5-vl-7b", pairs=1, frames=16, prompt_text=64,
+              response=256, remat=True, lora_rank=64),
+    StepShape("qwen2.5-vl-7b 32f remat lora64", "qwen2.5-vl-7b", pairs=1, frames=32, prompt_text=64,
+              response=256, remat=True, lora_rank=64),
+    StepShape("llava-video-qwen2-7b 32f remat lora64", "llava-video-qwen2-7b", pairs=1, frames=32,
+              prompt_text=64, response=256, remat=True, lora_rank=64),
 ]
 
 TINY_STEP_SHAPES: List[StepShape] = [
@@ -99,6 +116,8 @@ TINY_STEP_SHAPES: List[StepShape] = [
     StepShape("tiny-video 4f", "tiny-video", pairs=1, frames=4, prompt_text=12, response=8),
     StepShape("tiny-next-video 4f", "llava-next-video-tiny", pairs=1, frames=4, prompt_text=12, response=8),
     StepShape("tiny-qwen2.5-vl 4f", "qwen2.5-vl-tiny", pairs=1, frames=4, prompt_text=12, response=8),
+    StepShape("tiny-qwen2.5-vl 4f lora4", "qwen2.5-vl-tiny", pairs=1, frames=4, prompt_text=12, response=8,
+              lora_rank=4),
 ]
 
 

@@ -71,11 +71,13 @@ def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int
     config = shape.config().replace(dtype=dtype, attention_impl=resolve_attention(attention), remat=shape.remat)
     row = dict(what="step", name=shape.name, layout=layout, impl="leanpo_jax", remat=shape.remat,
                pairs=shape.pairs, seq=shape.seq_len(), prompt_len=shape.prompt_len(),
-               response=shape.response, frames=shape.frames, dtype=dtype)
+               response=shape.response, frames=shape.frames, dtype=dtype, lora_rank=shape.lora_rank)
     batch = jax.device_put(random_batch(shape, config))
     model = build_model(config, seed=0)
     opt_cfg = {"learning_rate": 1e-6, "total_steps": 1000, "warmup_ratio": 0.0}
-    model_def, state = init_state(model, opt_cfg, 0)
+    # LoRA: the frozen base in the compute dtype (bf16 at full size), as the trainer's
+    # model.lora.base_dtype "auto" stores it on accelerators.
+    model_def, state = init_state(model, opt_cfg, 0, frozen_dtype=dtype if shape.lora_rank else None)
     del model
     row["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params["trainable"])))
     step = make_train_step(model_def, {"layout": layout}, opt_cfg)

@@ -10,8 +10,10 @@ duplicated for both, as TRL and the LLaVA-NeXT DPO trainer do), one forward, the
                smoothing 0.1, NLL weight 0.5; chunked, no full logits), when liger-kernel imports
 then backward and AdamW. Frames are normalised with the model's own mean/std (its data
 interface). Vision tower, pooler, projector and image newline frozen; everything else trained.
-bf16 on GPU, fp32 on CPU; gradient checkpointing where our row uses remat. torch is imported
-lazily.
+bf16 on GPU, fp32 on CPU; gradient checkpointing where our row uses remat. A LoRA shape
+(`lora_rank`) wraps the model with peft (r, alpha 2r, float32 adapters on every linear layer of
+the language model, the whole base frozen) and trains the adapters only, as ours does. torch is
+imported lazily.
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def _hf_model(config, device, dtype, hf_dir: str = ""):
     return model
 
 
+# The language model's linear layers (transformers' names), which our LoRA default adapts.
+LM_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _with_peft_adapters(model, rank: int):
+    """`model` under peft LoRA (r, alpha 2r) on exactly the language model's linear layers: full
+    module names, since leaf names would also match a vision tower's MLP (Qwen2.5-VL's)."""
+    import peft
+
+    names = [n for n, _ in model.named_modules()
+             if n.rsplit(".", 1)[-1] in LM_LINEAR and not any(k in n for k in FROZEN_NAMES)]
+    cfg = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=names, bias="none")
+    return peft.get_peft_model(model, cfg)  # freezes the base; adapters in float32 (autocast)
+
+
 def leanpo_loss_torch(sum_logps, counts, pairs: int, *, beta=2.0, gamma=0.5, alpha=0.1, sft_weight=0.5):
     """Rows [chosen..., rejected...] -> the LeanPO objective (leanpo_jax.losses.leanpo_objective)."""
     import torch.nn.functional as F
@@ -123,13 +140,18 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
     row = dict(what="step", name=shape.name, layout="naive", impl=impl, remat=shape.remat,
                pairs=shape.pairs, seq=shape.seq_len(), prompt_len=shape.prompt_len(),
                response=shape.response, frames=shape.frames, dtype=str(dtype).replace("torch.", ""),
-               torch=torch.__version__)
+               torch=torch.__version__, lora_rank=shape.lora_rank)
     model = _hf_model(config, device, dtype, hf_dir)
     model.train()
     if shape.remat:  # renamed in recent transformers; the old name warns
         getattr(model, "activation_checkpointing_enable", model.gradient_checkpointing_enable)()
-    for name, p in model.named_parameters():
-        p.requires_grad = not any(k in name for k in FROZEN_NAMES)
+    if shape.lora_rank:
+        model = _with_peft_adapters(model, shape.lora_rank)
+        if shape.remat:  # checkpointed blocks over a frozen embedding would get no input grad
+            model.enable_input_require_grads()
+    else:
+        for name, p in model.named_parameters():
+            p.requires_grad = not any(k in name for k in FROZEN_NAMES)
     params = [p for p in model.parameters() if p.requires_grad]
     row["trainable_params"] = int(sum(p.numel() for p in params))
     opt = torch.optim.AdamW(params, lr=1e-6)
@@ -161,12 +183,14 @@ def run_peer(shape: StepShape, impl: str, *, steps: int, warmup: int, hf_dir: st
         fused = LigerFusedLinearSimPOLoss(beta=2.0, gamma=0.5, alpha=0.5, label_smoothing=0.1,
                                           compute_nll_loss=True)
         target = ids.masked_fill(mask == 0, -100)
-        body = model.model if hasattr(model, "model") else model
+        base = model.get_base_model() if shape.lora_rank else model
+        body = base.model if hasattr(base, "model") else base
+        lm_head = base.lm_head
 
     def step():
         if impl == "torch-liger":
             h = body(input_ids=ids, use_cache=False, **kwargs).last_hidden_state
-            out = fused(model.lm_head.weight, h[:, :-1], target[:, 1:])
+            out = fused(lm_head.weight, h[:, :-1], target[:, 1:])
             loss = out[0] if isinstance(out, tuple) else out
         else:
             logits = model(input_ids=ids, use_cache=False, **kwargs).logits[:, :-1]

@@ -187,17 +187,18 @@ def skip_counts(opt_state) -> Tuple[jax.Array, jax.Array]:
 
 
 def init_state(model: nnx.Module, cfg: Any, rng, *, frozen: Sequence[str] | None = None,
-               mesh: jax.sharding.Mesh | None = None, rules=DEFAULT_RULES):
+               mesh: jax.sharding.Mesh | None = None, rules=DEFAULT_RULES, frozen_dtype=None):
     """-> (ModelDef, TrainState) at step 0: `split_model` then `initial_state`.
 
     `cfg` is the optimizer section (see the module docstring); `frozen` defaults to
     cfg.frozen_modules if present, else DEFAULT_FROZEN; `rng` a key or an int seed; `mesh` /
-    `rules` as in `initial_state`.
+    `rules` / `frozen_dtype` as in `initial_state`.
     """
     if frozen is None:
         frozen = tuple(cfg_get(cfg, "frozen_modules", DEFAULT_FROZEN))
     model_def, trainable, frozen_state = split_model(model, frozen)
-    return model_def, initial_state(trainable, frozen_state, cfg, rng, mesh=mesh, rules=rules)
+    return model_def, initial_state(trainable, frozen_state, cfg, rng, mesh=mesh, rules=rules,
+                                    frozen_dtype=frozen_dtype)
 
 
 def initial_state(trainable, frozen, cfg: Any, rng, *, mesh: jax.sharding.Mesh | None = None,

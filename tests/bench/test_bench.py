@@ -3,6 +3,7 @@ peer's objective equal to ours at the same weights, the family's transformers eq
 our checkpoints, the MFU / ratio arithmetic, job grouping, and the import hygiene of the step
 path (no grain / av / imageio / torch)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -61,7 +62,7 @@ def test_tiny_run_reports_every_mode_with_consistent_numbers(tiny_rows):
         assert needle in stdout
 
 
-@pytest.mark.parametrize("shape", [s for s in TINY_STEP_SHAPES if s.name in ("tiny-text 2x64", "tiny-video 4f", "tiny-next-video 4f", "tiny-qwen2.5-vl 4f")],
+@pytest.mark.parametrize("shape", [s for s in TINY_STEP_SHAPES if s.name in ("tiny-text 2x64", "tiny-video 4f", "tiny-next-video 4f", "tiny-qwen2.5-vl 4f", "tiny-qwen2.5-vl 4f lora4")],
                          ids=lambda s: s.name)
 def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     """The peer's first-step loss (HF transformers, TRL-style concatenated batch, video
@@ -76,6 +77,17 @@ def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
     peer = run_peer(shape, "torch-hf", steps=1, warmup=0, hf_dir=str(tmp_path))
     assert peer["loss_first"] == pytest.approx(ours["loss_first"], rel=1e-5, abs=1e-5)
     assert peer["trainable_params"] == ours["trainable_params"]
+    if shape.lora_rank:  # peft adapts the same modules: r (in + out) per linear layer of the LM
+        text = shape.config().text
+        q, kv = text.num_heads * text.resolved_head_dim, text.num_kv_heads * text.resolved_head_dim
+        per_layer = sum(i + o for i, o in [(text.hidden_size, q), (text.hidden_size, kv), (text.hidden_size, kv),
+                                           (q, text.hidden_size), (text.hidden_size, text.intermediate_size),
+                                           (text.hidden_size, text.intermediate_size),
+                                           (text.intermediate_size, text.hidden_size)])
+        assert ours["trainable_params"] == shape.lora_rank * per_layer * text.num_layers
+        assert ours["loss_first"] == pytest.approx(run_step(dataclasses.replace(shape, lora_rank=0), "shared",
+                                                            dtype="float32", attention=None, steps=1,
+                                                            warmup=0)["loss_first"], abs=1e-6)
 
 
 def test_transformers_model_takes_our_checkpoint_and_names_what_it_lacks(tmp_path):
@@ -120,7 +132,7 @@ def test_mfu_ratios_and_process_groups():
     jobs = bench_main.plan(args)
     names = {j["shape"]["name"] for j in jobs if "shape" in j and j["kind"] in ("step", "peer")}
     assert names == {s.name for s in FULL_STEP_SHAPES if "llava-ov" in s.name or "llava-video" in s.name}
-    assert len(names) == 3
+    assert len(names) == 4  # with the 28-layer LLaVA-Video-7B LoRA fit row
     # No peer for the grid-newline LLaVA-Video preset (transformers' class cannot express it).
     assert not [j for j in jobs if j["kind"] == "peer" and "llava-video" in j["shape"]["name"]]
     grouped = bench_main.groups(jobs, isolate=True)
