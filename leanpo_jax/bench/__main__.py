@@ -9,6 +9,8 @@
 --what generate  Sampler: encode frames/s, prefill and decode tokens/s
 --what data      the grain pipeline on synthetic mp4s: records/s, frames/s
 --size tiny      small shapes for CPU smoke tests (the output is checked, not the speed)
+--compile-only   step rows from abstract shapes: compile, report XLA's peak-memory estimate and
+                 trainable params, run nothing (does a 7B LoRA shape fit? answerable on a CPU)
 
 Rows (--json FILE writes {"meta": ..., "rows": [...]}) carry name, layout, impl (leanpo_jax,
 torch-hf, torch-liger), step_s (median of --steps timed calls after --warmup), tokens_per_s
@@ -52,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per isolated job")
     p.add_argument("--budget", type=float, default=0.0,
                    help="seconds for the whole run; jobs that would start later are skipped (0: none)")
+    p.add_argument("--compile-only", action="store_true",
+                   help="step rows: compile from abstract shapes and report the memory estimate only")
     p.add_argument("--json", default="", help="write the rows to this file")
     args = p.parse_args(argv)
     layouts = [x for x in args.layouts.split(",") if x]
@@ -71,13 +75,15 @@ def plan(args) -> List[dict]:
     common = dict(steps=args.steps or (2 if tiny else 5), warmup=args.warmup if args.warmup is not None else (1 if tiny else 2),
                   dtype=args.dtype or ("float32" if tiny else "bfloat16"), attention=args.attention)
     keep = lambda name: not args.only or any(o in name for o in args.only)  # noqa: E731
-    jobs = [dict(common, kind="peak", matmul_size=256 if tiny else 8192)]
+    # The MFU denominator; a compile-only run times nothing, so it needs none.
+    jobs = [] if args.compile_only else [dict(common, kind="peak", matmul_size=256 if tiny else 8192)]
     whats = WHATS if args.what == "all" else (args.what,)
     if "step" in whats:
         for shape in filter(lambda s: keep(s.name), step_shapes(args.size)):
             d = dataclasses.asdict(shape)
-            jobs += [dict(common, kind="step", shape=d, layout=lay) for lay in args.layouts]
-            if args.peer == "torch":
+            jobs += [dict(common, kind="step", shape=d, layout=lay, compile_only=args.compile_only)
+                     for lay in args.layouts]
+            if args.peer == "torch" and not args.compile_only:
                 from leanpo_jax.bench.torch_peer import peer_supported
 
                 why = peer_supported(shape)
@@ -117,9 +123,9 @@ def finish(rows: List[dict]) -> None:
     peak = next((r.get("peak_tflops") for r in rows if r["what"] == "peak" and "error" not in r), None)
     for r in rows:
         if r["what"] == "step" and "error" not in r:
-            r["mfu"] = r["model_flops"] / r["step_s"] / (peak * 1e12) if peak else None
+            r["mfu"] = r["model_flops"] / r["step_s"] / (peak * 1e12) if peak and r["step_s"] else None
     for r in rows:
-        if r["what"] != "step" or r["impl"] != "leanpo_jax" or "error" in r:
+        if r["what"] != "step" or r["impl"] != "leanpo_jax" or "error" in r or not r["tokens_per_s"]:
             continue
         peers = {p["impl"]: p["tokens_per_s"] for p in rows if p["what"] == "step" and p["name"] == r["name"]
                  and p["impl"] != "leanpo_jax" and "error" not in p}

@@ -42,7 +42,8 @@ def run_job(job: dict) -> List[dict]:
             from leanpo_jax.bench.step_bench import run_step
 
             return [run_step(StepShape(**job["shape"]), job["layout"], dtype=job["dtype"],
-                             attention=job["attention"], **_settings(job))]
+                             attention=job["attention"], compile_only=bool(job.get("compile_only")),
+                             **_settings(job))]
         if kind == "peer":
             from leanpo_jax.bench.shapes import StepShape
             from leanpo_jax.bench.torch_peer import run_peer

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from leanpo_jax.bench.shapes import StepShape
-from leanpo_jax.bench.timing import median_time, peak_bytes, resolve_attention
+from leanpo_jax.bench.timing import median_time, peak_bytes, peak_bytes_of, resolve_attention
 from leanpo_jax.data.batch import make_batch
 from leanpo_jax.models import family_of
 from leanpo_jax.train import flops as flops_lib
@@ -62,8 +62,28 @@ def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
     return make_batch("pairs", **fields)
 
 
-def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int, warmup: int) -> dict:
-    """Times `steps` train steps (median) -> a result row (see leanpo_jax.bench.__main__)."""
+def _abstract_state(config, opt_cfg, lora: bool, dtype: str):
+    """(ModelDef, state as ShapeDtypeStructs): nothing allocated (a 7B model on a laptop)."""
+    from leanpo_jax.models import build_model
+    from leanpo_jax.train.state import init_state
+
+    out = {}
+
+    def build():
+        out["model_def"], state = init_state(build_model(config, seed=0), opt_cfg, 0,
+                                             frozen_dtype=dtype if lora else None)
+        return state
+
+    state = jax.eval_shape(build)
+    return out["model_def"], state
+
+
+def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int, warmup: int,
+             compile_only: bool = False) -> dict:
+    """Times `steps` train steps (median) -> a result row (see leanpo_jax.bench.__main__).
+    `compile_only`: lower and compile from abstract shapes only (no weights, no step run): the
+    row then has peak_bytes (XLA's buffer-assignment estimate on this backend), compile_s and
+    trainable_params, and no timings."""
     from leanpo_jax.models import build_model
     from leanpo_jax.train.state import init_state
     from leanpo_jax.train.step import make_train_step
@@ -72,18 +92,30 @@ def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int
     row = dict(what="step", name=shape.name, layout=layout, impl="leanpo_jax", remat=shape.remat,
                pairs=shape.pairs, seq=shape.seq_len(), prompt_len=shape.prompt_len(),
                response=shape.response, frames=shape.frames, dtype=dtype, lora_rank=shape.lora_rank)
-    batch = jax.device_put(random_batch(shape, config))
-    model = build_model(config, seed=0)
     opt_cfg = {"learning_rate": 1e-6, "total_steps": 1000, "warmup_ratio": 0.0}
-    # LoRA: the frozen base in the compute dtype (bf16 at full size), as the trainer's
-    # model.lora.base_dtype "auto" stores it on accelerators.
-    model_def, state = init_state(model, opt_cfg, 0, frozen_dtype=dtype if shape.lora_rank else None)
-    del model
+    host_batch = random_batch(shape, config)
+    if compile_only:
+        model_def, state = _abstract_state(config, opt_cfg, bool(shape.lora_rank), dtype)
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
+    else:
+        batch = jax.device_put(host_batch)
+        model = build_model(config, seed=0)
+        # LoRA: the frozen base in the compute dtype (bf16 at full size), as the trainer's
+        # model.lora.base_dtype "auto" stores it on accelerators.
+        model_def, state = init_state(model, opt_cfg, 0, frozen_dtype=dtype if shape.lora_rank else None)
+        del model
     row["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params["trainable"])))
     step = make_train_step(model_def, {"layout": layout}, opt_cfg)
     t = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     row["compile_s"] = time.perf_counter() - t
+    row["model_flops"] = flops_lib.step_flops(
+        config, pairs=shape.pairs, prompt_len=shape.prompt_len(), response_len=shape.response,
+        num_frames=shape.frames, layout=layout)
+    if compile_only:
+        row["peak_bytes"], row["peak_source"] = peak_bytes_of(compiled), "xla_estimate"
+        row["step_s"] = row["tokens_per_s"] = row["pairs_per_s"] = None
+        return row
 
     losses = []
     holder = [state]
@@ -98,8 +130,5 @@ def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int
     row["loss_first"], row["loss_last"] = losses[0], losses[-1]
     row["pairs_per_s"] = shape.pairs / row["step_s"]
     row["tokens_per_s"] = 2 * shape.pairs * shape.seq_len() / row["step_s"]
-    row["model_flops"] = flops_lib.step_flops(
-        config, pairs=shape.pairs, prompt_len=shape.prompt_len(), response_len=shape.response,
-        num_frames=shape.frames, layout=layout)
     row["peak_bytes"], row["peak_source"] = peak_bytes(compiled)
     return row

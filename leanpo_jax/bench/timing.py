@@ -33,15 +33,19 @@ def peak_bytes(compiled=None) -> Tuple[Optional[int], str]:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "allocator"
-    if compiled is not None:
-        try:
-            m = compiled.memory_analysis()
-            est = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+    est = peak_bytes_of(compiled) if compiled is not None else None
+    return (est, "xla_estimate") if est is not None else (None, "unavailable")
+
+
+def peak_bytes_of(compiled) -> Optional[int]:
+    """XLA's static estimate for `compiled`: arguments + outputs + temporaries − aliased (None
+    where the backend has no memory analysis)."""
+    try:
+        m = compiled.memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
                    - m.alias_size_in_bytes)
-            return int(est), "xla_estimate"
-        except Exception:  # noqa: BLE001 - some backends have no memory analysis
-            pass
-    return None, "unavailable"
+    except Exception:  # noqa: BLE001 - some backends have no memory analysis
+        return None
 
 
 def matmul_peak_tflops(*, size: int, dtype: str, reps: int = 10) -> float:

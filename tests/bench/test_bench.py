@@ -85,6 +85,13 @@ def test_peer_objective_equals_ours_at_the_same_weights(shape, tmp_path):
                                            (text.hidden_size, text.intermediate_size),
                                            (text.intermediate_size, text.hidden_size)])
         assert ours["trainable_params"] == shape.lora_rank * per_layer * text.num_layers
+        # Compile-only (abstract shapes, nothing allocated or run): the same program, so the
+        # same trainable count and (within 1%: concrete inputs differ in layout details) the
+        # same XLA estimate on this backend.
+        abstract = run_step(shape, "shared", dtype="float32", attention=None, steps=1, warmup=0, compile_only=True)
+        assert abstract["trainable_params"] == ours["trainable_params"] and abstract["step_s"] is None
+        assert ours["peak_source"] == abstract["peak_source"] == "xla_estimate"
+        assert abstract["peak_bytes"] == pytest.approx(ours["peak_bytes"], rel=0.01) and ours["peak_bytes"] > 0
         assert ours["loss_first"] == pytest.approx(run_step(dataclasses.replace(shape, lora_rank=0), "shared",
                                                             dtype="float32", attention=None, steps=1,
                                                             warmup=0)["loss_first"], abs=1e-6)
