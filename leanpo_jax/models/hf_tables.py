@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leanpo_jax.models.qwen2 import flax_to_hf, hf_names, hf_to_flax
+from leanpo_jax.models.qwen2_hf import flax_to_hf, hf_names, hf_to_flax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +132,7 @@ class ModelEntry:
 
 
 def text_entries(text_config, *, prefix: str, lm_head_key: str, root: tuple = ("language_model",)) -> list:
-    """ModelEntries of a Qwen2 / Llama decoder under `root` (HF names from `qwen2.hf_names`)."""
+    """ModelEntries of a Qwen2 / Llama decoder under `root` (HF names from `qwen2_hf.hf_names`)."""
     out = []
     for path, (keys, kind) in hf_names(text_config, prefix=prefix, lm_head_key=lm_head_key).items():
         to_flax, to_hf = functools.partial(hf_to_flax, kind), functools.partial(flax_to_hf, kind)

