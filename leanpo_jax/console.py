@@ -11,3 +11,15 @@ def quiet_missing_torch_advice() -> None:
     user chose a value."""
     if importlib.util.find_spec("torch") is None:
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+def begin_absl_main(argv, hint: str = "") -> None:
+    """The first lines of every absl `main(argv)`: stray positional arguments are a usage error
+    (`hint` appended), and absl logs warnings only unless --verbosity was given (Orbax logs
+    every checkpoint phase at INFO)."""
+    from absl import app, flags, logging
+
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}{'; ' + hint if hint else ''}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)

@@ -11,7 +11,7 @@ import time
 
 from absl import app, flags
 
-from leanpo_jax.console import quiet_missing_torch_advice
+from leanpo_jax.console import begin_absl_main, quiet_missing_torch_advice
 
 quiet_missing_torch_advice()  # before anything imports transformers
 
@@ -20,12 +20,7 @@ flags.DEFINE_bool("fast", False, "Tiny sizes: check that every stage runs (secon
 
 
 def _main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from absl import logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    begin_absl_main(argv)
     from leanpo_jax.demo import run
 
     started = time.perf_counter()

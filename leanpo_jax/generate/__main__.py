@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from leanpo_jax.console import quiet_missing_torch_advice
+from leanpo_jax.console import begin_absl_main, quiet_missing_torch_advice
 
 quiet_missing_torch_advice()  # before anything imports transformers
 
@@ -30,12 +30,7 @@ flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 
 def _main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    from absl import logging
-
-    if not flags.FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)
+    begin_absl_main(argv)
     from leanpo_jax.generate import report as report_lib
     from leanpo_jax.generate.self_generate import SelfGenerator
 

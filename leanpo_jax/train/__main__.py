@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from leanpo_jax.console import quiet_missing_torch_advice
+from leanpo_jax.console import begin_absl_main, quiet_missing_torch_advice
 
 quiet_missing_torch_advice()  # before anything imports transformers
 
@@ -27,15 +27,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder: checkpoints, logs, 
 
 
 def _main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config.key=value overrides")
-    from absl import logging
-
+    begin_absl_main(argv, "use --config.key=value overrides")
     from leanpo_jax.train import trainer  # after flag parsing: jax starts on first use
-
-    if not flags.FLAGS["verbosity"].present:
-        # Orbax logs every checkpoint phase at INFO; warnings only unless --verbosity asks.
-        logging.set_verbosity(logging.WARNING)
 
     try:
         summary = trainer.train(_CONFIG.value, _WORKDIR.value)
