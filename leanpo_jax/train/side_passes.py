@@ -4,7 +4,8 @@
                                      # .model_def, .log, .refs, .is_main, ._model, ._to_device
 
 The probe scores WORKDIR's held-out records with the current model (log-probs, margins); the
-eval runs the training loss on them; DPO's references are the initial model's log-probs of the
+eval runs the training loss on them; the benchmark (eval.benchmark.every) answers a video
+benchmark's questions with it; DPO's references are the initial model's log-probs of the
 training (and eval) records, computed once and cached in WORKDIR/reference/.
 """
 
@@ -94,6 +95,25 @@ class SidePasses:
                 total = metrics if total is None else losses.sum_metrics(total, metrics)
         row = {f"eval/{k}": float(v) for k, v in losses.reduce_metrics(total).items()}
         return self.log.write(step, row, kind="eval")
+
+    def _benchmark(self, state, step: int) -> Optional[Dict]:
+        """eval.benchmark on the current model (leanpo_jax/eval/run.py): its files under
+        WORKDIR/benchmark/step_N, "eval/<task>/accuracy" (and the task's headline figure, e.g.
+        M-avg) in metrics.jsonl. A rerun of the same step resumes that folder."""
+        b = self.config.eval.benchmark
+        if not int(b.every) or not b.task:
+            return None
+        from leanpo_jax.eval.run import Evaluator  # pylint: disable=import-outside-toplevel
+
+        out = os.path.join(self.workdir, "benchmark", f"step_{step:06d}")
+        with jax.set_mesh(self.mesh):
+            result = Evaluator(self.config, model=self._model(state), interface=self.interface,
+                               tokenizer=self.pipeline.tokenizer).run(out, progress=False)
+        row = {f"eval/{b.task}/accuracy": result["accuracy"], f"eval/{b.task}/questions": result["total"]}
+        headline = result.get("headline", "accuracy")
+        if headline != "accuracy" and result.get(headline) is not None:
+            row[f"eval/{b.task}/{headline}"] = result[headline]
+        return self.log.write(step, row, kind="benchmark")
 
     def _eval_fn(self, step_cfg):
         """The jitted eval loss of a batch, pair-weighted so that batches add up exactly."""

@@ -349,8 +349,10 @@ class Trainer(SidePasses):
                 log_now = step % int(config.logging.log_every) == 0 or last or skipped_in_row is not None
                 probe_now = step % int(config.probe.every) == 0 or last
                 eval_now = step % int(config.eval.every) == 0 or last
+                bench_every = int(config.eval.benchmark.every)
+                bench_now = bench_every > 0 and (step % bench_every == 0 or last)
                 save_now = step % int(config.checkpoint.every) == 0 or last
-                if log_now or probe_now or eval_now or save_now:
+                if log_now or probe_now or eval_now or bench_now or save_now:
                     # Host work follows: this step's compute belongs to the window's time.
                     jax.block_until_ready(metrics)
                 now = time.perf_counter()
@@ -380,6 +382,8 @@ class Trainer(SidePasses):
                     self._probe(state, step)
                 if eval_now:
                     self._eval(state, step)
+                if bench_now:
+                    self._benchmark(state, step)
                 over_budget = self.budget.verdict(agreed.read, agreed.skipped) is not None
                 if save_now or over_budget:
                     self._save(state, step, force=over_budget)

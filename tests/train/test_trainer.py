@@ -66,9 +66,15 @@ def saved_arrays_on_one_device(workdir, step):
 
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
-    """The uninterrupted 20-step reference run."""
+    """The uninterrupted 20-step reference run (with the embedded Video-MME-format benchmark
+    answered every 10 steps: eval.benchmark)."""
+    from leanpo_jax.eval.synthetic import write_synthetic_videomme
+
+    bench = write_synthetic_videomme(str(tmp_path_factory.mktemp("bench")), num_videos=2, frames=8, size=32)
     workdir = str(tmp_path_factory.mktemp("full"))
-    proc = train(workdir, *EVERY_2)
+    proc = train(workdir, *EVERY_2, "--config.eval.benchmark.task=videomme",
+                 f"--config.eval.benchmark.data={bench['data']}",
+                 f"--config.eval.benchmark.video_root={bench['video_root']}", "--config.eval.benchmark.every=10")
     return workdir, proc
 
 
@@ -83,7 +89,14 @@ def test_cli_run_writes_every_artifact_and_learns(full_run):
     pref = [r["loss/preference"] for r in rows]
     assert np.mean(pref[-5:]) < np.mean(pref[:5]) - 0.05, pref
     kinds = {r.get("kind") for r in read_metrics(workdir)}
-    assert {"probe", "eval"} <= kinds
+    assert {"probe", "eval", "benchmark"} <= kinds
+    # The in-training benchmark: its rows at steps 10 and 20, each the accuracy its folder's
+    # scores.json holds over the 6 questions.
+    bench = [r for r in read_metrics(workdir) if r.get("kind") == "benchmark"]
+    assert [r["step"] for r in bench] == [10, 20] and all(r["eval/videomme/questions"] == 6 for r in bench)
+    for r in bench:
+        with open(os.path.join(workdir, "benchmark", f"step_{r['step']:06d}", "scores.json")) as f:
+            assert json.load(f)["videomme"]["accuracy"] == pytest.approx(r["eval/videomme/accuracy"])
     assert ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 20
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
     assert os.path.getsize(os.path.join(workdir, "training_curves.png")) > 10_000

@@ -1,0 +1,1 @@
+"""Video benchmark evaluation: lmms-eval-comparable prompts, answer extraction and scores (leanpo-eval)."""

@@ -1,0 +1,167 @@
+"""Benchmark rows -> evaluation items: the prompt exactly as lmms-eval's doc_to_text builds it.
+
+    rows = load_rows("videomme/test.parquet")                 # parquet, json or jsonl, local only
+    items, bad = build_items("videomme", rows)                # EvalItem per usable row, BadRow per other
+
+A row that cannot be asked (a field missing, an answer outside its options) becomes a BadRow
+with a machine-readable reason; nothing raises, nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Optional, Tuple
+
+LETTERS = "ABCDE"
+VIDEOMME_INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video and "
+                        "the subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
+ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalItem:
+    id: str  # unique within its task
+    task: str
+    video: str  # as the benchmark names it; `video_candidates` gives the paths tried
+    question_text: str  # the benchmark prompt before any chat template
+    letters: tuple  # the valid option letters
+    gold: str
+    groups: dict  # the fields the task's scores are broken down by
+    options: tuple = ()  # the option texts without their letters
+
+
+@dataclasses.dataclass(frozen=True)
+class BadRow:
+    task: str
+    row_index: int
+    id: Optional[str]
+    reason: str  # e.g. "missing_field:question", "answer_not_in_options"
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+    build: Callable  # (row, index, post_prompt) -> EvalItem (raises _Bad)
+    max_new_tokens: int
+    default_post_prompt: str
+    group_fields: Tuple[str, ...]
+    headline: str = "accuracy"  # the figure the benchmark reports
+    random_fallback: bool = False  # an unparsable answer gets a seeded random letter
+    extensions: Tuple[str, ...] = ()  # other file endings to try for the video
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+def load_rows(path: str) -> List[Dict]:
+    """Every row of a local .parquet (pyarrow), .json (a list, or {"data": list}) or .jsonl file."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such benchmark file (--data / eval.benchmark.data)")
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".parquet":
+        try:
+            import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+        except ImportError:
+            raise ValueError(f"{path}: reading parquet needs pyarrow: pip install pyarrow") from None
+        return pq.read_table(path).to_pylist()
+    with open(path, encoding="utf-8") as f:
+        if ext == ".jsonl":
+            return [json.loads(line) for line in f if line.strip()]
+        if ext == ".json":
+            data = json.load(f)
+            data = data.get("data", data) if isinstance(data, dict) else data
+            if not isinstance(data, list):
+                raise ValueError(f"{path}: expected a JSON list of rows (or {{\"data\": [...]}})")
+            return data
+    raise ValueError(f"{path}: unknown benchmark file type {ext!r}; use .parquet, .json or .jsonl")
+
+
+def _field(row: Dict, name: str):
+    value = row.get(name)
+    if value is None or (isinstance(value, str) and not value.strip()):
+        raise _Bad(f"missing_field:{name}", f"the row has no {name!r}")
+    return value
+
+
+def _post(post_prompt: Optional[str], default: str) -> str:
+    return default if post_prompt is None else post_prompt
+
+
+def _videomme(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+    options = list(_field(row, "options"))
+    question, answer = str(_field(row, "question")), str(_field(row, "answer")).strip()
+    letters = tuple(LETTERS[:len(options)])
+    if answer not in letters:
+        raise _Bad("answer_not_in_options", f"answer {answer!r} is not one of {letters}")
+    text = VIDEOMME_INSTRUCTION + "\n" + question + "\n" + "\n".join(str(o) for o in options) + "\n" + \
+        _post(post_prompt, "\n" + ANSWER_DIRECTLY)
+    texts = tuple(str(o)[3:] if str(o)[1:3] == ". " else str(o) for o in options)
+    return EvalItem(str(_field(row, "question_id")), "videomme", str(_field(row, "videoID")) + ".mp4", text, letters,
+                    answer, {k: str(row.get(k, "")) for k in ("duration", "domain", "task_type")}, texts)
+
+
+def _mcq(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+    options = [str(o) for o in _field(row, "options")]
+    if not 2 <= len(options) <= len(LETTERS):
+        raise _Bad("bad_options", f"{len(options)} options; expected 2 to {len(LETTERS)}")
+    letters = tuple(LETTERS[:len(options)])
+    texts = tuple(o[3:] if o[:1] in letters and o[1:3] == ". " else o for o in options)
+    answer = _field(row, "answer")
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        gold = letters[answer] if 0 <= answer < len(letters) else None
+    else:
+        answer = str(answer).strip()
+        gold = answer if answer in letters else (letters[texts.index(answer)] if answer in texts else None)
+    if gold is None:
+        raise _Bad("answer_not_in_options", f"answer {answer!r} is neither a letter of {letters}, an index nor an option")
+    text = str(_field(row, "question")) + "\n" + "\n".join(f"{x}. {t}" for x, t in zip(letters, texts)) + "\n" + \
+        _post(post_prompt, ANSWER_DIRECTLY)
+    groups = {"task_type": str(row["task_type"])} if row.get("task_type") else {}
+    return EvalItem(str(_field(row, "id")), "mcq", str(_field(row, "video")), text, letters, gold, groups, texts)
+
+
+TASKS: Dict[str, TaskSpec] = {
+    "videomme": TaskSpec(_videomme, 16, "\n" + ANSWER_DIRECTLY, ("duration", "domain", "task_type"),
+                         extensions=(".MP4", ".mkv")),
+    "mcq": TaskSpec(_mcq, 16, ANSWER_DIRECTLY, ("task_type",)),
+}
+
+
+def build_items(task: str, rows: List[Dict], *, post_prompt: Optional[str] = None) -> Tuple[List[EvalItem], List[BadRow]]:
+    """The task's items and the rows that could not become one (in file order); ids repeated
+    within the file are BadRows too (each result row is keyed by its id)."""
+    spec = TASKS[task]
+    items, bad, seen = [], [], set()
+    for i, row in enumerate(rows):
+        rid = None
+        try:
+            item = spec.build(row, i, post_prompt)
+            rid = item.id
+            if rid in seen:
+                raise _Bad("duplicate_id", f"id {rid!r} appears earlier in the file")
+            seen.add(rid)
+            items.append(item)
+        except _Bad as e:
+            # A repeated id is reported by row index: its result row must not take the first's key.
+            keep_id = e.reason != "duplicate_id"
+            bad.append(BadRow(task, i, (rid if rid is not None else _row_id(row)) if keep_id else None, e.reason,
+                              e.detail))
+    return items, bad
+
+
+def _row_id(row: Dict) -> Optional[str]:
+    for key in ("question_id", "id", "qid"):
+        if row.get(key) is not None:
+            return str(row[key])
+    return None
+
+
+def video_candidates(item: EvalItem) -> List[str]:
+    """Relative paths to try for the item's video, in order."""
+    stem, ext = os.path.splitext(item.video)
+    return [item.video] + [stem + other for other in TASKS[item.task].extensions if other != ext]
