@@ -156,7 +156,7 @@ class Evaluator:
             row["letter_logps"] = letter_scores
             row["parsed"], row["correct"] = output, output == item.gold
         elif status == "ok":
-            letter = extract_lib.extract(self.b.extractor, output, item.letters, item.task)
+            letter = extract_lib.extract(self.b.extractor, output, item.letters, item.task, item.options)
             if not letter and self.spec.random_fallback:
                 letter, row["fallback"] = scoring.fallback_letter(item.task, item.id, item.letters, int(self.b.seed)), True
             row["parsed"], row["correct"] = letter, letter == item.gold

@@ -18,6 +18,7 @@ LETTERS = "ABCDE"
 VIDEOMME_INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video and "
                         "the subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
 ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
+MLVU_POST = "\nOnly give the best option.\nBest option: ("
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,9 +126,54 @@ def _mcq(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
     return EvalItem(str(_field(row, "id")), "mcq", str(_field(row, "video")), text, letters, gold, groups, texts)
 
 
+def _mlvu(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+    # MLVU's question already lists its options ("(A) ..."): the letters are read from it.
+    question, answer = str(_field(row, "question")), str(_field(row, "answer")).strip()
+    letters = tuple(x for x in LETTERS if f"({x})" in question) or tuple(LETTERS[:4])
+    answer = answer[1] if len(answer) == 3 and answer[0] == "(" and answer[2] == ")" else answer
+    if answer not in letters:
+        raise _Bad("answer_not_in_options", f"answer {answer!r} is not one of {letters}")
+    text = question + _post(post_prompt, MLVU_POST)
+    rid = str(row.get("question_id") or row.get("id") or f"{_field(row, 'video_name')}#{index}")
+    return EvalItem(rid, "mlvu", str(_field(row, "video_name")), text, letters, answer,
+                    {"task_type": str(_field(row, "task_type"))})
+
+
+def _longvideobench(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+    # Options "N/A" are absent; the others are lettered in order.
+    options = [str(row[f"option{i}"]) for i in range(5) if row.get(f"option{i}") not in (None, "N/A")]
+    if len(options) < 2:
+        raise _Bad("bad_options", f"{len(options)} options besides N/A")
+    letters = tuple(LETTERS[:len(options)])
+    choice = _field(row, "correct_choice")
+    if not isinstance(choice, int) or not 0 <= choice < len(options):
+        raise _Bad("answer_not_in_options", f"correct_choice {choice!r} is not an index of the {len(options)} options")
+    text = str(_field(row, "question")) + "\n" + "\n".join(f"{x}. {o}" for x, o in zip(letters, options)) + "\n" + \
+        _post(post_prompt, ANSWER_DIRECTLY + "\n")
+    return EvalItem(str(_field(row, "id")), "longvideobench", str(_field(row, "video_path")), text, letters,
+                    letters[choice], {k: str(row.get(k, "")) for k in ("duration_group", "question_category")},
+                    tuple(options))
+
+
+def _nextqa(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+    options = [str(_field(row, f"a{i}")).strip() for i in range(5)]
+    answer = _field(row, "answer")
+    if not isinstance(answer, int) or not 0 <= answer < 5:
+        raise _Bad("answer_not_in_options", f"answer {answer!r} is not an index 0-4 of a0..a4")
+    text = "\n".join([str(_field(row, "question")).strip()] + [f"{x}. {o}" for x, o in zip(LETTERS, options)]) + \
+        _post(post_prompt, "\n" + ANSWER_DIRECTLY)
+    rid = str(row.get("qid") if row.get("qid") is not None else f"{_field(row, 'video')}#{index}")
+    return EvalItem(rid, "nextqa", f"{_field(row, 'video')}.mp4", text, tuple(LETTERS), LETTERS[answer],
+                    {"type": str(row.get("type", ""))}, tuple(options))
+
+
 TASKS: Dict[str, TaskSpec] = {
     "videomme": TaskSpec(_videomme, 16, "\n" + ANSWER_DIRECTLY, ("duration", "domain", "task_type"),
                          extensions=(".MP4", ".mkv")),
+    "mlvu": TaskSpec(_mlvu, 16, MLVU_POST, ("task_type",), headline="m_avg"),
+    "longvideobench": TaskSpec(_longvideobench, 32, ANSWER_DIRECTLY + "\n", ("duration_group", "question_category"),
+                               random_fallback=True),
+    "nextqa": TaskSpec(_nextqa, 16, "\n" + ANSWER_DIRECTLY, ("type",), random_fallback=True),
     "mcq": TaskSpec(_mcq, 16, ANSWER_DIRECTLY, ("task_type",)),
 }
 
