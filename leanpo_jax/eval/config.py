@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from leanpo_jax.config_schema import Block, Field
 
-# lmms-eval's 2026-04 priority-ranked extraction ("lmms-eval-2026") is not implemented yet.
-EXTRACTOR_NAMES = ("lmms-eval-2024",)
+EXTRACTOR_NAMES = ("lmms-eval-2024", "lmms-eval-2026")
 SCORING_MODES = ("generate", "likelihood")
 
 BENCHMARK = Block(

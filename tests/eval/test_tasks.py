@@ -1,13 +1,12 @@
 """Benchmark rows -> prompts byte-equal to lmms-eval's doc_to_text (the expected strings are
-written out from its task files), the pinned 2024 letter extractors, the aggregations (MLVU's
-M-avg vs micro), unusable rows with their reasons, and the file loaders."""
+written out from its task files), the aggregations (MLVU's M-avg vs micro), unusable rows with
+their reasons, and the file loaders. The extractors: test_extract.py."""
 
 import json
 
 import pytest
 
 from leanpo_jax.eval import scoring, tasks
-from leanpo_jax.eval.extract import extract
 
 VIDEOMME_ROW = {"videoID": "fFjv93ACGo8", "question_id": "001-1", "duration": "short", "domain": "Knowledge",
                 "sub_category": "Humanity & History", "task_type": "Counting Problem",
@@ -71,32 +70,6 @@ def test_unusable_rows_become_bad_rows_with_reasons():
     assert [(b.row_index, b.reason) for b in bad] == [(0, "answer_not_in_options"), (1, "missing_field:question"),
                                                      (3, "duplicate_id")]
     assert bad[2].id is None  # a repeated id must not take the first row's result key
-
-
-@pytest.mark.parametrize("text, want", [
-    ("B", "B"), ("The best answer is: C.", "C"), ("(D) reading", "D"), ("Based on the video, B", "B"),
-    ("A dog runs", "A"),  # the first capital option letter anywhere, even inside a word
-    ("the man is running across a long field in the early morning light today", ""),  # > 10 words, no letter
-    ("", ""), ("E", ""),
-])
-def test_videomme_2024_extractor(text, want):
-    assert extract("lmms-eval-2024", text, ("A", "B", "C", "D"), "videomme") == want
-
-
-def test_per_task_2024_extractors():
-    four = ("A", "B", "C", "D")
-    assert extract("lmms-eval-2024", "B) eating", four, "mlvu") == "B"
-    assert extract("lmms-eval-2024", "The answer is C", four, "mlvu") == "C"  # no ")": the Video-MME rule
-    assert extract("lmms-eval-2024", "Answer: C", four, "mlvu") == "A"  # ... whose first capital letter wins
-    lvb = ("A", "B", "C", "D", "E")
-    assert extract("lmms-eval-2024", "The best option is E", lvb, "longvideobench") == "E"
-    assert extract("lmms-eval-2024", "nothing here to read at all", lvb, "longvideobench") == ""
-    opts = ("slipped", "pushed", "tired", "jumped", "tripped")
-    assert extract("lmms-eval-2024", "(A) or (C)", lvb, "nextqa", opts) == "C"  # the last bracketed one
-    assert extract("lmms-eval-2024", "I think the boy was pushed by his friend", lvb, "nextqa", opts) == "B"
-    assert extract("lmms-eval-2024", "B.", lvb, "nextqa", opts) == "B"
-    with pytest.raises(ValueError, match="eval.benchmark.extractor='lmms-eval-2099'"):
-        extract("lmms-eval-2099", "A", four, "videomme")
 
 
 def _row(task_type, correct, status="ok"):
