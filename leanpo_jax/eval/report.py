@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, List
+from typing import Dict
 
 SCORES, REPORT, CHART = "scores.json", "report.md", "accuracy.png"
 
@@ -92,7 +92,7 @@ def write_chart(path: str, all_scores: Dict) -> None:
     plt.close(fig)
 
 
-def write_outputs(out_dir: str, task: str, scores: Dict, rows: List[Dict]) -> Dict:
+def write_outputs(out_dir: str, task: str, scores: Dict) -> Dict:
     """Merges `task`'s scores into OUT/scores.json and rewrites report.md and the chart."""
     all_scores = read_scores(out_dir)
     all_scores[task] = scores

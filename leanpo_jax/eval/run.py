@@ -88,8 +88,14 @@ class Evaluator:
         if self.sampler is None:
             self.sampler = Sampler(self.model, chat_sampling_config(
                 self.tok, self.interface.vocab_size, max_new_tokens=self.max_new_tokens, min_new_tokens=0))
-            self._encode = nnx.jit(lambda m, f: m.encode_video(f))
             self._letter_logps = nnx.jit(letter_logps)
+
+    def use_model(self, model) -> None:
+        """Evaluates `model` (same architecture, new weights: the trainer's current state) from
+        now on, keeping the compiled sampler."""
+        self.model = model
+        if self.sampler is not None:
+            self.sampler.state = nnx.state(model)
 
     def settings(self) -> Dict:
         """What decides the numbers besides the model: recorded in scores.json and report.md."""
@@ -126,7 +132,7 @@ class Evaluator:
                                        self.width)
         frames = video_lib.normalize_frames(np.stack([r["frames"] for r in rows]), self.interface.frames.mean,
                                             self.interface.frames.std)
-        embeds = self._encode(self.model, jnp.asarray(frames))
+        embeds = self.sampler.encode(frames)
         if self.b.scoring == "likelihood":
             letters = sorted({x for r in batch for x in r["item"].letters})
             table = np.asarray(self._letter_logps(self.model, jnp.asarray(ids), jnp.asarray(mask), embeds,
@@ -243,7 +249,7 @@ class Evaluator:
         mine = [r for r in out.rows if r["task"] == self.b.task]
         result = scoring.score(self.b.task, mine)
         result["settings"] = self.settings()
-        report_lib.write_outputs(out_dir, self.b.task, result, mine)
+        report_lib.write_outputs(out_dir, self.b.task, result)
         # Run statistics stay out of scores.json: a resumed run writes the same file.
         return dict(result, evaluated_this_run=new, seconds_this_run=round(time.perf_counter() - started, 2),
                     repaired_bytes=out.repaired_bytes)

@@ -43,7 +43,7 @@ def score(task: str, rows: List[Dict]) -> Dict:
            "asked": len(asked), "skipped": sum(skipped.values()), "skipped_by_reason": dict(sorted(skipped.items())),
            "skipped_count_as_wrong": True, "unparsed": sum(1 for r in asked if not r["parsed"] or r.get("fallback")),
            "fallback": sum(1 for r in asked if r.get("fallback")), "headline": spec.headline,
-           "groups": {f: group_table(asked + [r for r in rows if r["status"] != "ok"], f) for f in spec.group_fields}}
+           "groups": {f: group_table(rows, f) for f in spec.group_fields}}
     if spec.headline == "m_avg":
         table = out["groups"].get("task_type", {})
         accs = [v["accuracy"] for v in table.values() if v["accuracy"] is not None]

@@ -106,9 +106,15 @@ class SidePasses:
         from leanpo_jax.eval.run import Evaluator  # pylint: disable=import-outside-toplevel
 
         out = os.path.join(self.workdir, "benchmark", f"step_{step:06d}")
+        model = self._model(state)
+        evaluator = getattr(self, "_benchmark_evaluator", None)
+        if evaluator is None:  # built once: later calls reuse its compiled sampler
+            evaluator = self._benchmark_evaluator = Evaluator(self.config, model=model, interface=self.interface,
+                                                              tokenizer=self.pipeline.tokenizer)
+        else:
+            evaluator.use_model(model)
         with jax.set_mesh(self.mesh):
-            result = Evaluator(self.config, model=self._model(state), interface=self.interface,
-                               tokenizer=self.pipeline.tokenizer).run(out, progress=False)
+            result = evaluator.run(out, progress=False)
         row = {f"eval/{b.task}/accuracy": result["accuracy"], f"eval/{b.task}/questions": result["total"]}
         headline = result.get("headline", "accuracy")
         if headline != "accuracy" and result.get(headline) is not None:
