@@ -62,22 +62,6 @@ def random_batch(shape: StepShape, config, seed: int = 0) -> dict:
     return make_batch("pairs", **fields)
 
 
-def _abstract_state(config, opt_cfg, lora: bool, dtype: str):
-    """(ModelDef, state as ShapeDtypeStructs): nothing allocated (a 7B model on a laptop)."""
-    from leanpo_jax.models import build_model
-    from leanpo_jax.train.state import init_state
-
-    out = {}
-
-    def build():
-        out["model_def"], state = init_state(build_model(config, seed=0), opt_cfg, 0,
-                                             frozen_dtype=dtype if lora else None)
-        return state
-
-    state = jax.eval_shape(build)
-    return out["model_def"], state
-
-
 def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int, warmup: int,
              compile_only: bool = False) -> dict:
     """Times `steps` train steps (median) -> a result row (see leanpo_jax.bench.__main__).
@@ -94,16 +78,21 @@ def run_step(shape: StepShape, layout: str, *, dtype: str, attention, steps: int
                response=shape.response, frames=shape.frames, dtype=dtype, lora_rank=shape.lora_rank)
     opt_cfg = {"learning_rate": 1e-6, "total_steps": 1000, "warmup_ratio": 0.0}
     host_batch = random_batch(shape, config)
-    if compile_only:
-        model_def, state = _abstract_state(config, opt_cfg, bool(shape.lora_rank), dtype)
-        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
-    else:
-        batch = jax.device_put(host_batch)
-        model = build_model(config, seed=0)
+    built = {}
+
+    def build_state():
         # LoRA: the frozen base in the compute dtype (bf16 at full size), as the trainer's
         # model.lora.base_dtype "auto" stores it on accelerators.
-        model_def, state = init_state(model, opt_cfg, 0, frozen_dtype=dtype if shape.lora_rank else None)
-        del model
+        built["model_def"], state = init_state(build_model(config, seed=0), opt_cfg, 0,
+                                               frozen_dtype=dtype if shape.lora_rank else None)
+        return state
+
+    if compile_only:  # abstract shapes only: nothing allocated (a 7B model on a laptop)
+        state = jax.eval_shape(build_state)
+        batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), host_batch)
+    else:
+        state, batch = build_state(), jax.device_put(host_batch)
+    model_def = built["model_def"]
     row["trainable_params"] = int(sum(x.size for x in jax.tree.leaves(state.params["trainable"])))
     step = make_train_step(model_def, {"layout": layout}, opt_cfg)
     t = time.perf_counter()
