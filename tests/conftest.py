@@ -91,3 +91,13 @@ def cut_back_run(full, cut, step, last):
     kept = [r for r in read_metrics(cut) if r["step"] <= step]
     with open(os.path.join(cut, "metrics.jsonl"), "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
+
+
+def first_triplets(triplets: str, tmp_path, n: int = 2):
+    """The first `n` lines of a triplets file written to tmp_path/two.jsonl -> (path, lines)."""
+    path = str(tmp_path / "two.jsonl")
+    with open(triplets) as f:
+        rows = f.readlines()[:n]
+    with open(path, "w") as f:
+        f.writelines(rows)
+    return path, rows

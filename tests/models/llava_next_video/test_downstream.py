@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import COMPILATION_CACHE_DIR, cut_back_run, run_cli, saved_arrays
+from conftest import COMPILATION_CACHE_DIR, cut_back_run, first_triplets, run_cli, saved_arrays
 from llama_tokenizer import BOS, EOS, write_llama_tokenizer
 
 from leanpo_jax.data import synthetic, video
@@ -355,11 +355,7 @@ def test_generation_stops_at_eos(generator, wide_batch):
 
 
 def test_self_generation_writes_scored_pairs(generator, corpus, tmp_path):
-    triplets = str(tmp_path / "two.jsonl")
-    with open(corpus["triplets"]) as f:
-        rows = f.readlines()[:2]
-    with open(triplets, "w") as f:
-        f.writelines(rows)
+    triplets, rows = first_triplets(corpus["triplets"], tmp_path)
     output = str(tmp_path / "pairs.jsonl")
     report = generator.run(triplets, output, video_root=corpus["root"], progress=False)
     assert report["written_this_run"] == 2 and report["failed"] == 0

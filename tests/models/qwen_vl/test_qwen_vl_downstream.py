@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import first_triplets
 from leanpo_jax.data import check, synthetic, video
 from leanpo_jax.data.batch import pad_rows, position_table
 from leanpo_jax.data.config import data_config
@@ -357,11 +358,7 @@ def test_self_generation_writes_greedy_scored_pairs(corpus, model, generator, tm
     red_rows = [nnx.state(m)["language_model"]["embed_tokens"][...][red] for m in (red_model, model)]
     assert not np.array_equal(*red_rows)  # the shared fixture is untouched
     red_generator = self_generate.SelfGenerator(config, model=red_model)
-    triplets = str(tmp_path / "two.jsonl")
-    with open(corpus["triplets"]) as f:
-        rows = f.readlines()[:2]
-    with open(triplets, "w") as f:
-        f.writelines(rows)
+    triplets, rows = first_triplets(corpus["triplets"], tmp_path)
     output = str(tmp_path / "pairs.jsonl")
     report = red_generator.run(triplets, output, video_root=corpus["root"], progress=False)
     assert report["written_this_run"] == 2 and report["failed"] == 0
