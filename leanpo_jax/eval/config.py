@@ -19,8 +19,9 @@ BENCHMARK = Block(
     video_root=Field("", 'Folder the rows\' videos are found under ("" = the data file\'s folder)'),
     extractor=Field("lmms-eval-2024", "Answer-letter extraction rule (eval/extract.py); every report "
                     "names the one that ran", choices=EXTRACTOR_NAMES),
-    post_prompt=Field("default", 'Text after the options: "default" = the task\'s lmms-eval default, '
-                      "anything else is used literally"),
+    post_prompt=Field("default", 'Text after the options: "default" = the task\'s lmms-eval default, a name of '
+                      "lmms-eval's per-model variants (videomme: llava_vid, gpt4v, no_kwargs; mlvu: plm, test; "
+                      "nextqa: answer_directly; eval/tasks.py), anything else is used literally"),
     batch_size=Field(4, "Questions generated per batch", rule=">= 1"),
     max_items=Field(0, "Evaluate only the first N rows of the file (0 = all)", rule=">= 0"),
     max_new_tokens=Field(0, "Tokens generated per answer (0 = the task's lmms-eval setting)", rule=">= 0"),

@@ -49,6 +49,12 @@ def letter_logps(model, ids, mask, video_embeds, positions, letter_ids):
     return jax.nn.log_softmax(logits, axis=-1)[:, letter_ids]
 
 
+def cut_at_stops(text: str, stops) -> str:
+    """`text` up to the earliest of the stop strings (lmms-eval's generation "until")."""
+    ends = [i for i in (text.find(stop) for stop in stops) if i >= 0]
+    return text[:min(ends)] if ends else text
+
+
 def prompt_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -101,7 +107,8 @@ class Evaluator:
         """What decides the numbers besides the model: recorded in scores.json and report.md."""
         d = self.config.data
         return {"task": self.b.task, "data": os.path.abspath(self.b.data), "extractor": self.b.extractor,
-                "post_prompt": self.b.post_prompt, "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
+                "post_prompt": self.b.post_prompt,
+                "post_prompt_text": tasks.resolve_post_prompt(self.b.task, self.b.post_prompt), "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
                 "num_frames": self.frames, "frame_size": list(self.interface.frames.size),
                 "frame_sampling": d.frame_sampling, "fps_sampling": float(d.fps_sampling),
                 "video_tokens": self.n_video, "model": self.interface.source or str(self.config.model.preset),
@@ -145,8 +152,9 @@ class Evaluator:
                 answers.append(max(r["item"].letters, key=lambda x: scores[x]))
             return answers
         out = self.sampler.generate(ids, mask, video_embeds=embeds, seed=0, positions=positions)
-        return [self.tok.tokenizer.decode(out.tokens[i, 0, :int(out.lengths[i, 0])].tolist(),
-                                          skip_special_tokens=True).strip() for i in range(len(batch))]
+        texts = [self.tok.tokenizer.decode(out.tokens[i, 0, :int(out.lengths[i, 0])].tolist(), skip_special_tokens=True)
+                 for i in range(len(batch))]
+        return [cut_at_stops(t, self.spec.stop_strings).strip() for t in texts]
 
     def _result(self, item, status: str, output: str = "", prompt_text: str = "", detail: str = "",
                 letter_scores: Optional[Dict] = None) -> Dict:
@@ -178,8 +186,7 @@ class Evaluator:
         rows = tasks.load_rows(self.b.data)
         if int(self.b.max_items):
             rows = rows[:int(self.b.max_items)]
-        post = None if self.b.post_prompt == "default" else self.b.post_prompt
-        items, bad = tasks.build_items(self.b.task, rows, post_prompt=post)
+        items, bad = tasks.build_items(self.b.task, rows, post_prompt=self.b.post_prompt)
         out = AppendOnlyJsonl(os.path.join(out_dir, RESULTS))
         started, new = time.perf_counter(), 0
         for bad_row in bad:  # unusable rows: counted as wrong, listed with their reason

@@ -18,7 +18,17 @@ LETTERS = "ABCDE"
 VIDEOMME_INSTRUCTION = ("Select the best answer to the following multiple-choice question based on the video and "
                         "the subtitles. Respond with only the letter (A, B, C, or D) of the correct option.")
 ANSWER_DIRECTLY = "Answer with the option's letter from the given choices directly."
-MLVU_POST = "\nOnly give the best option.\nBest option: ("
+# lmms-eval's per-model post prompts (model_specific / lmms_eval_specific kwargs of the task
+# yamls): Video-MME videomme.yaml (the code falls back to "The best answer is:" when a yaml sets
+# none), MLVU mlvu_dev.yaml (mlvu_test.yaml sets none), LongVideoBench longvideobench_val_v.yaml;
+# nextqa_mc_test.yaml sets none, so NExT-QA MC's prompt ends with the last option.
+VIDEOMME_POSTS = {"default": "\n" + ANSWER_DIRECTLY, "llava_vid": "The best answer is:",
+                  "gpt4v": "Answer the question with A, B, C, or D.", "no_kwargs": "The best answer is:"}
+MLVU_POSTS = {"default": "\nOnly give the best option.\nBest option: (", "plm": "\nOnly give the best option.",
+              "test": ""}
+LVB_POSTS = {"default": ANSWER_DIRECTLY + "\n"}
+NEXTQA_POSTS = {"default": "", "answer_directly": "\n" + ANSWER_DIRECTLY}
+MCQ_POSTS = {"default": ANSWER_DIRECTLY}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +56,19 @@ class BadRow:
 class TaskSpec:
     build: Callable  # (row, index, post_prompt) -> EvalItem (raises _Bad)
     max_new_tokens: int
-    default_post_prompt: str
+    # lmms-eval's post prompts by name ("default" and its per-model variants), the text after
+    # the options; eval.benchmark.post_prompt picks one by name or gives a literal text.
+    post_prompts: Dict[str, str]
     group_fields: Tuple[str, ...]
     headline: str = "accuracy"  # the figure the benchmark reports
     random_fallback: bool = False  # an unparsable answer gets a seeded random letter
     extensions: Tuple[str, ...] = ()  # other file endings to try for the video
+    # The answer is cut at the first of these (lmms-eval's generation "until"; the chat
+    # template's stop token ends it in any case).
+    stop_strings: Tuple[str, ...] = ()
+    # Folders (relative to the video root) the video may also sit in: how the downloaded
+    # releases lay their videos out, besides the flat folder lmms-eval reads.
+    video_dirs: Callable = lambda item: ()
 
 
 class _Bad(Exception):
@@ -89,24 +107,19 @@ def _field(row: Dict, name: str):
     return value
 
 
-def _post(post_prompt: Optional[str], default: str) -> str:
-    return default if post_prompt is None else post_prompt
-
-
-def _videomme(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+def _videomme(row: Dict, index: int, post_prompt: str) -> EvalItem:
     options = list(_field(row, "options"))
     question, answer = str(_field(row, "question")), str(_field(row, "answer")).strip()
     letters = tuple(LETTERS[:len(options)])
     if answer not in letters:
         raise _Bad("answer_not_in_options", f"answer {answer!r} is not one of {letters}")
-    text = VIDEOMME_INSTRUCTION + "\n" + question + "\n" + "\n".join(str(o) for o in options) + "\n" + \
-        _post(post_prompt, "\n" + ANSWER_DIRECTLY)
+    text = VIDEOMME_INSTRUCTION + "\n" + question + "\n" + "\n".join(str(o) for o in options) + "\n" + post_prompt
     texts = tuple(str(o)[3:] if str(o)[1:3] == ". " else str(o) for o in options)
     return EvalItem(str(_field(row, "question_id")), "videomme", str(_field(row, "videoID")) + ".mp4", text, letters,
                     answer, {k: str(row.get(k, "")) for k in ("duration", "domain", "task_type")}, texts)
 
 
-def _mcq(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+def _mcq(row: Dict, index: int, post_prompt: str) -> EvalItem:
     options = [str(o) for o in _field(row, "options")]
     if not 2 <= len(options) <= len(LETTERS):
         raise _Bad("bad_options", f"{len(options)} options; expected 2 to {len(LETTERS)}")
@@ -120,26 +133,26 @@ def _mcq(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
         gold = answer if answer in letters else (letters[texts.index(answer)] if answer in texts else None)
     if gold is None:
         raise _Bad("answer_not_in_options", f"answer {answer!r} is neither a letter of {letters}, an index nor an option")
-    text = str(_field(row, "question")) + "\n" + "\n".join(f"{x}. {t}" for x, t in zip(letters, texts)) + "\n" + \
-        _post(post_prompt, ANSWER_DIRECTLY)
+    lines = [str(_field(row, "question"))] + [f"{x}. {t}" for x, t in zip(letters, texts)]
+    text = "\n".join(lines) + "\n" + post_prompt
     groups = {"task_type": str(row["task_type"])} if row.get("task_type") else {}
     return EvalItem(str(_field(row, "id")), "mcq", str(_field(row, "video")), text, letters, gold, groups, texts)
 
 
-def _mlvu(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+def _mlvu(row: Dict, index: int, post_prompt: str) -> EvalItem:
     # MLVU's question already lists its options ("(A) ..."): the letters are read from it.
     question, answer = str(_field(row, "question")), str(_field(row, "answer")).strip()
     letters = tuple(x for x in LETTERS if f"({x})" in question) or tuple(LETTERS[:4])
     answer = answer[1] if len(answer) == 3 and answer[0] == "(" and answer[2] == ")" else answer
     if answer not in letters:
         raise _Bad("answer_not_in_options", f"answer {answer!r} is not one of {letters}")
-    text = question + _post(post_prompt, MLVU_POST)
+    text = question + post_prompt
     rid = str(row.get("question_id") or row.get("id") or f"{_field(row, 'video_name')}#{index}")
     return EvalItem(rid, "mlvu", str(_field(row, "video_name")), text, letters, answer,
                     {"task_type": str(_field(row, "task_type"))})
 
 
-def _longvideobench(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+def _longvideobench(row: Dict, index: int, post_prompt: str) -> EvalItem:
     # Options "N/A" are absent; the others are lettered in order.
     options = [str(row[f"option{i}"]) for i in range(5) if row.get(f"option{i}") not in (None, "N/A")]
     if len(options) < 2:
@@ -148,40 +161,62 @@ def _longvideobench(row: Dict, index: int, post_prompt: Optional[str]) -> EvalIt
     choice = _field(row, "correct_choice")
     if not isinstance(choice, int) or not 0 <= choice < len(options):
         raise _Bad("answer_not_in_options", f"correct_choice {choice!r} is not an index of the {len(options)} options")
-    text = str(_field(row, "question")) + "\n" + "\n".join(f"{x}. {o}" for x, o in zip(letters, options)) + "\n" + \
-        _post(post_prompt, ANSWER_DIRECTLY + "\n")
+    lines = [str(_field(row, "question"))] + [f"{x}. {o}" for x, o in zip(letters, options)]
+    text = "\n".join(lines) + "\n" + post_prompt
     return EvalItem(str(_field(row, "id")), "longvideobench", str(_field(row, "video_path")), text, letters,
                     letters[choice], {k: str(row.get(k, "")) for k in ("duration_group", "question_category")},
                     tuple(options))
 
 
-def _nextqa(row: Dict, index: int, post_prompt: Optional[str]) -> EvalItem:
+def _nextqa(row: Dict, index: int, post_prompt: str) -> EvalItem:
     options = [str(_field(row, f"a{i}")).strip() for i in range(5)]
     answer = _field(row, "answer")
     if not isinstance(answer, int) or not 0 <= answer < 5:
         raise _Bad("answer_not_in_options", f"answer {answer!r} is not an index 0-4 of a0..a4")
-    text = "\n".join([str(_field(row, "question")).strip()] + [f"{x}. {o}" for x, o in zip(LETTERS, options)]) + \
-        _post(post_prompt, "\n" + ANSWER_DIRECTLY)
+    lines = [str(_field(row, "question")).strip()] + [f"{x}. {o}" for x, o in zip(LETTERS, options)]
+    text = "\n".join(lines) + post_prompt
     rid = str(row.get("qid") if row.get("qid") is not None else f"{_field(row, 'video')}#{index}")
     return EvalItem(rid, "nextqa", f"{_field(row, 'video')}.mp4", text, tuple(LETTERS), LETTERS[answer],
                     {"type": str(row.get("type", ""))}, tuple(options))
 
 
+# The MLVU release keeps each task type's videos in a numbered folder (video/1_plotQA/...).
+MLVU_FOLDERS = {"plotQA": "1_plotQA", "needle": "2_needle", "ego": "3_ego", "count": "4_count", "order": "5_order",
+                "anomaly_reco": "6_anomaly_reco", "topic_reasoning": "7_topic_reasoning"}
+
+
+def _mlvu_dirs(item: EvalItem) -> Tuple[str, ...]:
+    folder = MLVU_FOLDERS.get(item.groups.get("task_type", ""))
+    return (folder, os.path.join("video", folder)) if folder else ()
+
+
 TASKS: Dict[str, TaskSpec] = {
-    "videomme": TaskSpec(_videomme, 16, "\n" + ANSWER_DIRECTLY, ("duration", "domain", "task_type"),
-                         extensions=(".MP4", ".mkv")),
-    "mlvu": TaskSpec(_mlvu, 16, MLVU_POST, ("task_type",), headline="m_avg"),
-    "longvideobench": TaskSpec(_longvideobench, 32, ANSWER_DIRECTLY + "\n", ("duration_group", "question_category"),
+    # The hub snapshot keeps Video-MME's videos in data/.
+    "videomme": TaskSpec(_videomme, 16, VIDEOMME_POSTS, ("duration", "domain", "task_type"),
+                         extensions=(".MP4", ".mkv"), video_dirs=lambda item: ("data",)),
+    "mlvu": TaskSpec(_mlvu, 16, MLVU_POSTS, ("task_type",), headline="m_avg", video_dirs=_mlvu_dirs),
+    "longvideobench": TaskSpec(_longvideobench, 32, LVB_POSTS, ("duration_group", "question_category"),
                                random_fallback=True),
-    "nextqa": TaskSpec(_nextqa, 16, "\n" + ANSWER_DIRECTLY, ("type",), random_fallback=True),
-    "mcq": TaskSpec(_mcq, 16, ANSWER_DIRECTLY, ("task_type",)),
+    # No generation_kwargs in nextqa_mc_test.yaml: lmms-eval's defaults, stop at "\n\n" and the
+    # LLaVA wrappers' 1024 new tokens.
+    "nextqa": TaskSpec(_nextqa, 1024, NEXTQA_POSTS, ("type",), random_fallback=True, stop_strings=("\n\n",)),
+    "mcq": TaskSpec(_mcq, 16, MCQ_POSTS, ("task_type",)),
 }
+
+
+def resolve_post_prompt(task: str, post_prompt: Optional[str]) -> str:
+    """None or "default" -> the task's lmms-eval default; a name of its table -> that variant;
+    anything else is the text itself."""
+    table = TASKS[task].post_prompts
+    return table.get("default" if post_prompt is None else post_prompt, post_prompt)
 
 
 def build_items(task: str, rows: List[Dict], *, post_prompt: Optional[str] = None) -> Tuple[List[EvalItem], List[BadRow]]:
     """The task's items and the rows that could not become one (in file order); ids repeated
-    within the file are BadRows too (each result row is keyed by its id)."""
+    within the file are BadRows too (each result row is keyed by its id). `post_prompt`: see
+    `resolve_post_prompt`."""
     spec = TASKS[task]
+    post_prompt = resolve_post_prompt(task, post_prompt)
     items, bad, seen = [], [], set()
     for i, row in enumerate(rows):
         rid = None
@@ -208,6 +243,9 @@ def _row_id(row: Dict) -> Optional[str]:
 
 
 def video_candidates(item: EvalItem) -> List[str]:
-    """Relative paths to try for the item's video, in order."""
+    """Relative paths to try for the item's video, in order: the name as given, its other file
+    endings, then the same names in the task's release folders."""
+    spec = TASKS[item.task]
     stem, ext = os.path.splitext(item.video)
-    return [item.video] + [stem + other for other in TASKS[item.task].extensions if other != ext]
+    names = [item.video] + [stem + other for other in spec.extensions if other != ext]
+    return names + [os.path.join(folder, name) for folder in spec.video_dirs(item) for name in names]

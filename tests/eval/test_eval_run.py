@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from leanpo_jax.eval import report as report_lib
-from leanpo_jax.eval.run import Evaluator
+from leanpo_jax.eval.run import Evaluator, cut_at_stops
 from leanpo_jax.eval.synthetic import write_synthetic_videomme
 from leanpo_jax.train.config import training_config
 from tiny_checkpoint import make_checkpoint
@@ -128,3 +128,10 @@ def test_settings_errors_name_the_key(tmp_path):
     config.eval.benchmark.task = "videome"
     with pytest.raises(ValueError, match="eval.benchmark.task='videome': expected one of"):
         Evaluator(config)
+
+
+def test_answers_are_cut_at_the_first_stop_string():
+    assert cut_at_stops("B. pushed\n\nBecause he", ("\n\n",)) == "B. pushed"
+    assert cut_at_stops("A\nB\n\nC", ("\n\n", "\n")) == "A"  # the earliest of several
+    assert cut_at_stops("The answer is C", ("\n\n",)) == "The answer is C"
+    assert cut_at_stops("anything", ()) == "anything"

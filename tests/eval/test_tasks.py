@@ -29,9 +29,13 @@ def test_videomme_prompt_and_its_post_prompt_variant():
         "\nAnswer with the option's letter from the given choices directly.")
     assert item.letters == ("A", "B", "C", "D") and item.gold == "C" and item.video == "fFjv93ACGo8.mp4"
     assert item.groups == {"duration": "short", "domain": "Knowledge", "task_type": "Counting Problem"}
-    assert tasks.video_candidates(item) == ["fFjv93ACGo8.mp4", "fFjv93ACGo8.MP4", "fFjv93ACGo8.mkv"]
-    llava_video = only_item("videomme", VIDEOMME_ROW, post_prompt="The best answer is:")
-    assert llava_video.question_text.endswith("C. 2.\nD. 3.\nThe best answer is:")
+    names = ["fFjv93ACGo8.mp4", "fFjv93ACGo8.MP4", "fFjv93ACGo8.mkv"]
+    assert tasks.video_candidates(item) == names + [f"data/{n}" for n in names]  # flat, then the hub snapshot's data/
+    # lmms-eval's LLaVA-Video variant, by name and as literal text: the same prompt.
+    for post in ("llava_vid", "The best answer is:"):
+        variant = only_item("videomme", VIDEOMME_ROW, post_prompt=post)
+        assert variant.question_text.endswith("C. 2.\nD. 3.\nThe best answer is:")
+    assert only_item("videomme", VIDEOMME_ROW, post_prompt="default").question_text == item.question_text
 
 
 def test_mlvu_longvideobench_nextqa_and_mcq_prompts():
@@ -41,6 +45,15 @@ def test_mlvu_longvideobench_nextqa_and_mcq_prompts():
     assert mlvu.question_text == ("What is the man doing?\n(A) running\n(B) eating\n(C) sleeping\n(D) reading"
                                   "\nOnly give the best option.\nBest option: (")
     assert mlvu.gold == "B" and mlvu.groups == {"task_type": "plotQA"}
+    assert tasks.video_candidates(mlvu) == ["1_plotQA/movie101_66.mp4", "1_plotQA/1_plotQA/movie101_66.mp4",
+                                            "video/1_plotQA/1_plotQA/movie101_66.mp4"]
+    flat = only_item("mlvu", {"video_name": "movie101_66.mp4", "task_type": "plotQA", "question": "Q?\n(A) a\n(B) b",
+                              "answer": "A"})
+    assert tasks.video_candidates(flat) == ["movie101_66.mp4", "1_plotQA/movie101_66.mp4",
+                                            "video/1_plotQA/movie101_66.mp4"]
+    test_split = only_item("mlvu", {"video_name": "t.mp4", "task_type": "sportsQA", "question": "Q?\n(A) a\n(B) b",
+                                    "answer": "B"}, post_prompt="test")
+    assert test_split.question_text == "Q?\n(A) a\n(B) b"  # mlvu_test.yaml sets no post prompt
     lvb = only_item("longvideobench", {"id": "86CxyhFV9MI_0", "video_path": "86CxyhFV9MI.mp4", "question": "What is worn?",
                                        "option0": "a hat", "option1": "a scarf", "option2": "gloves", "option3": "N/A",
                                        "option4": "N/A", "correct_choice": 2, "duration_group": 15,
@@ -52,9 +65,14 @@ def test_mlvu_longvideobench_nextqa_and_mcq_prompts():
     nextqa = only_item("nextqa", {"video": 4010069381, "qid": 6, "type": "CW", "question": " why did the boy fall ",
                                   "a0": "slipped", "a1": "pushed ", "a2": "tired", "a3": "jumped", "a4": "tripped",
                                   "answer": 1})
-    assert nextqa.question_text == ("why did the boy fall\nA. slipped\nB. pushed\nC. tired\nD. jumped\nE. tripped"
-                                    "\nAnswer with the option's letter from the given choices directly.")
+    # nextqa_mc_test.yaml sets no post prompt: the prompt ends with the last option.
+    assert nextqa.question_text == "why did the boy fall\nA. slipped\nB. pushed\nC. tired\nD. jumped\nE. tripped"
     assert nextqa.gold == "B" and nextqa.video == "4010069381.mp4"
+    assert (tasks.TASKS["nextqa"].max_new_tokens, tasks.TASKS["nextqa"].stop_strings) == (1024, ("\n\n",))
+    directly = only_item("nextqa", {"video": 1, "qid": 2, "question": "q", "a0": "a", "a1": "b", "a2": "c", "a3": "d",
+                                    "a4": "e", "answer": 0}, post_prompt="answer_directly")
+    assert directly.question_text == ("q\nA. a\nB. b\nC. c\nD. d\nE. e"
+                                      "\nAnswer with the option's letter from the given choices directly.")
     mcq = only_item("mcq", {"id": "q1", "video": "clips/a.mp4", "question": "Which colour?",
                             "options": ["red", "green"], "answer": "green"})
     assert mcq.question_text == "Which colour?\nA. red\nB. green\nAnswer with the option's letter from the given choices directly."
