@@ -18,7 +18,11 @@ with its own questions and answers, built from each record's `attributes`:
     prior-injection prompt (GT as hints) for one of them and the reflection prompt (an
     earlier answer, right or with the attribute word wrong, to be brought in line with the GT)
     for another — so the SFT model follows the generation templates (without them the winner
-    ignores the hints and equals the loser wherever the video is not understood).
+    ignores the hints and equals the loser wherever the video is not understood) — and the
+    third kind as a 4-option question in the benchmark's format (eval.synthetic: Video-MME's
+    row, its prompt exactly as lmms-eval builds it), the answer its letter alone.
+  * Embedded benchmark (`benchmark`): the held-out videos' three questions as Video-MME rows
+    (`leanpo_jax.eval`'s input), the videos `<root>/videos/<videoID>.mp4`.
   * Self-generation triplets (`train_triplets`): the first `generation` train videos, one
     question each (kinds in turn).
 
@@ -37,6 +41,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from leanpo_jax.data import synthetic
 from leanpo_jax.data.tokenize import DEFAULT_SYSTEM_PROMPT
+from leanpo_jax.eval import synthetic as benchmark_rows
+from leanpo_jax.eval import tasks as eval_tasks
 from leanpo_jax.generate.config import PRIOR_TEMPLATE, REFLECTION_TEMPLATE
 
 # Ids 0-4 (the demo preset's video_token_index is 3, image_token_index 4).
@@ -79,14 +85,16 @@ def _triplet(rid: str, video: str, attrs: Dict, kind: str) -> Dict:
 
 def build_corpus(workdir: str, *, train: int, heldout: int, generation: int, seed: int = 0, frames: int = 12,
                  size: int = 64, background=BACKGROUND) -> Dict:
-    """Writes WORKDIR/corpus/{videos/, train_triplets, heldout_triplets, sft_triplets}.jsonl and
-    WORKDIR/tokenizer; -> their paths plus "counts" (records per file)."""
+    """Writes WORKDIR/corpus/{videos/, train_triplets, heldout_triplets, sft_triplets}.jsonl,
+    WORKDIR/corpus/benchmark.json and WORKDIR/tokenizer; -> their paths plus "counts" (records
+    per file)."""
     root = os.path.join(workdir, "corpus")
     info = synthetic.generate(root, train + heldout, seed=seed, num_frames_video=frames, size=size,
                               background=background)
     videos = [json.loads(line) for line in open(info["triplets"], encoding="utf-8")]
     rng = np.random.default_rng((seed, 7))
     gen, heldout_rows, sft, firsts = [], [], [], []
+    mcq_rng = np.random.default_rng((seed, 13))
     for i, v in enumerate(videos):
         attrs, rid = v["attributes"], v["id"]
         rows = [_triplet(rid, v["video"], attrs, kind) for kind in KINDS]
@@ -106,14 +114,27 @@ def build_corpus(workdir: str, *, train: int, heldout: int, generation: int, see
         firsts.append(first)
         sft.append({"id": r["id"] + "-reflect", "video": r["video"], "answer": r["answer"],
                     "prompt": REFLECTION_TEMPLATE.format(first_turn=first, answer=r["answer"], question=r["prompt"])})
+        # Letter answers: the third kind as the benchmark asks it.
+        kind = KINDS[(i + 2) % len(KINDS)]
+        (item,), _ = eval_tasks.build_items("videomme", benchmark_rows.videomme_rows([v], mcq_rng, kinds=(kind,)))
+        sft.append({"id": f"{rid}-{kind}-mcq", "video": v["video"], "prompt": item.question_text, "answer": item.gold})
+    benchmark = benchmark_rows.videomme_rows(videos[train:], np.random.default_rng((seed, 11)))
+    with open(os.path.join(root, "benchmark.json"), "w", encoding="utf-8") as f:
+        json.dump(benchmark, f, indent=1)
     out = {"root": root,
            "train_triplets": _write(os.path.join(root, "train_triplets.jsonl"), gen),
            "heldout_triplets": _write(os.path.join(root, "heldout_triplets.jsonl"), heldout_rows),
            "sft_triplets": _write(os.path.join(root, "sft_triplets.jsonl"), sft),
+           "benchmark": os.path.join(root, "benchmark.json"), "benchmark_videos": info["videos"],
            "counts": {"train_videos": train, "heldout_videos": heldout, "generation": len(gen),
-                      "heldout": len(heldout_rows), "sft": len(sft)}}
+                      "heldout": len(heldout_rows), "sft": len(sft), "benchmark": len(benchmark)}}
     texts = [DEFAULT_SYSTEM_PROMPT, "system\n", "user\n", "assistant\n", "\n"]
-    texts += sorted({r["prompt"] for r in sft} | {r["answer"] for r in sft} | set(firsts))
+    # The letter questions enter once, as their distinct pieces: 800 copies of Video-MME's long
+    # instruction would take the merges the demo's own sentences and chat template need.
+    free_form = [r for r in sft if not r["id"].endswith("-mcq")]
+    mcq_pieces = {eval_tasks.VIDEOMME_INSTRUCTION, "\n" + eval_tasks.ANSWER_DIRECTLY}
+    mcq_pieces |= {line for r in benchmark for line in r["options"]}
+    texts += sorted({r["prompt"] for r in free_form} | {r["answer"] for r in sft} | set(firsts) | mcq_pieces)
     texts += [answer(v["attributes"], k, w) for v in videos[:8] for k in KINDS for w in synthetic.VALUES[k]]
     out["tokenizer"] = train_tokenizer(os.path.join(workdir, "tokenizer"), texts)
     return out

@@ -29,7 +29,8 @@ class DemoResults:
     shapes: {sft_prompt_text_tokens, prompt_text_tokens, response_tokens} of the configs;
     backdrop: the normalised background pixel {demo, synthetic_default}; times: stage -> s;
     generation: generate.report.build_report of the generated pairs; pairs_by_kind: see
-    `pairs_by_kind`; evals: model name -> evaluate.evaluate's dict (sft, dpo, simpo, leanpo).
+    `pairs_by_kind`; evals: model name -> evaluate.evaluate's dict (sft, dpo, simpo, leanpo);
+    benchmarks: model name -> eval.run.Evaluator.run's scores on the embedded benchmark.
     """
 
     settings: Dict
@@ -40,6 +41,7 @@ class DemoResults:
     generation: Dict
     pairs_by_kind: Dict[str, Dict[str, int]]
     evals: Dict[str, Dict]
+    benchmarks: Dict[str, Dict]
 
     @property
     def pairs_generated(self) -> int:
@@ -48,6 +50,13 @@ class DemoResults:
     @property
     def pairs_kept(self) -> int:
         return sum(k["kept"] for k in self.pairs_by_kind.values())
+
+
+def _schedule_note(settings: Dict) -> str:
+    if settings.get("pref_schedule") != "constant":
+        return ""
+    return (" (a constant lr after warmup: a linear decay has spent the lr by the time the SFT term lifts the "
+            "chosen side back)")
 
 
 def pairs_by_kind(rows: Sequence[Dict], triplets: Sequence[Dict]) -> Dict[str, Dict[str, int]]:
@@ -141,7 +150,7 @@ def what_mattered(results: DemoResults, probes: Dict[str, List[Dict]]) -> List[s
         f"- SFT length and preference steps: after {s['sft_steps']} SFT steps the probe pairs' chosen "
         f"side has a summed log-prob of {start:.2f} under the SFT model (probability {math.exp(start):.2f}); "
         "a longer SFT made it near-certain, and then every preference update could only lower it. Over "
-        f"{s['pref_steps']} preference steps LeanPO's chosen goes {dip}, "
+        f"{s['pref_steps']} preference steps{_schedule_note(s)} LeanPO's chosen goes {dip}, "
         f"{'at or above' if end >= start else 'below'} the start; DPO's goes {dpo[0][1]:.2f} → "
         f"{dpo[-1][1]:.2f}.",
         f"- Count and direction: SFT held-out accuracy count {_accuracy(sft, 'count')} (chance "

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -25,6 +25,26 @@ KINDS = ("count", "colour", "direction")
 TASK_TYPES = {"count": "Counting Problem", "colour": "Attribute Perception", "direction": "Temporal Perception"}
 LETTERS = "ABCD"
 DATA_FILE = "videomme_synthetic.json"
+
+
+def videomme_rows(videos: Sequence[Dict], rng: np.random.Generator, kinds: Sequence[str] = KINDS) -> List[Dict]:
+    """Synthetic video records (leanpo_jax.data.synthetic: id, video, attributes) -> Video-MME rows,
+    one per video and kind (in that order): the true value and three others, shuffled by `rng`."""
+    rows = []
+    for v in videos:
+        attrs, video_id = v["attributes"], os.path.splitext(os.path.basename(v["video"]))[0]
+        for kind in kinds:
+            truth = synthetic.attribute_word(attrs, kind)
+            others = [x for x in synthetic.VALUES[kind] if x != truth]
+            choices = [truth] + list(rng.choice(others, size=3, replace=False))
+            order = rng.permutation(4)
+            options = [choices[j] for j in order]
+            rows.append({"videoID": video_id, "question_id": f"{video_id}-{kind}", "duration": "short",
+                         "domain": "Synthetic", "sub_category": kind, "task_type": TASK_TYPES[kind],
+                         "question": synthetic.QUESTIONS[kind],
+                         "options": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)],
+                         "answer": LETTERS[options.index(truth)]})
+    return rows
 
 
 def write_synthetic_videomme(out_dir: str, num_videos: int, *, seed: int = 0, frames: int = 12, size: int = 64,
@@ -37,21 +57,7 @@ def write_synthetic_videomme(out_dir: str, num_videos: int, *, seed: int = 0, fr
                               **kwargs)
     with open(info["triplets"], encoding="utf-8") as f:
         videos = [json.loads(line) for line in f][first_video:]
-    rng = np.random.default_rng((seed, 11))
-    rows = []
-    for v in videos:
-        attrs, video_id = v["attributes"], os.path.splitext(os.path.basename(v["video"]))[0]
-        for kind in KINDS:
-            truth = synthetic.attribute_word(attrs, kind)
-            others = [x for x in synthetic.VALUES[kind] if x != truth]
-            choices = [truth] + list(rng.choice(others, size=3, replace=False))
-            order = rng.permutation(4)
-            options = [choices[j] for j in order]
-            rows.append({"videoID": video_id, "question_id": f"{video_id}-{kind}", "duration": "short",
-                         "domain": "Synthetic", "sub_category": kind, "task_type": TASK_TYPES[kind],
-                         "question": synthetic.QUESTIONS[kind],
-                         "options": [f"{LETTERS[i]}. {o}" for i, o in enumerate(options)],
-                         "answer": LETTERS[options.index(truth)]})
+    rows = videomme_rows(videos, np.random.default_rng((seed, 11)))
     path = os.path.join(out_dir, DATA_FILE)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(rows, f, indent=1)

@@ -36,7 +36,7 @@ def test_fast_demo_writes_report_plots_and_summary(tmp_path):
         for key in ("logps_chosen", "logps_rejected"):
             start, end = summary[method][key]
             assert math.isfinite(start) and math.isfinite(end) and start < 0 and end < 0
-    assert set(summary["accuracy"]) == {"sft", "dpo", "simpo", "leanpo"}
+    assert set(summary["accuracy"]) == set(summary["benchmark_accuracy"]) == {"sft", "dpo", "simpo", "leanpo"}
     assert all(0.0 <= a <= 1.0 for a in summary["accuracy"].values())
     report = open(os.path.join(workdir, "demo_report.md"), encoding="utf-8").read()
     for needle in ("Wall time per stage", "Held-out evaluation", "Probe-set likelihoods", "What mattered",
@@ -46,6 +46,12 @@ def test_fast_demo_writes_report_plots_and_summary(tmp_path):
     assert pairs["generated"] == pairs["kept"] + pairs["identical"]
     wins = pairs["winner_above_loser_non_identical"]
     assert f"winner > loser over the kept pairs: {wins['count']}/{pairs['kept']}" in report
+    assert "## Embedded benchmark (Video-MME format, held-out videos)" in report
+    # Each model's benchmark run through leanpo_jax.eval: every held-out question has a result row.
+    for name in ("sft", "dpo", "simpo", "leanpo"):
+        scores = json.load(open(os.path.join(workdir, "benchmark", name, "scores.json")))["videomme"]
+        assert scores["total"] == 3 * run.FAST.heldout_videos and scores["skipped"] == 0
+        assert scores["accuracy"] == summary["benchmark_accuracy"][name]
     for png in ("demo_likelihoods.png", "demo_leanpo_rewards.png"):
         assert os.path.getsize(os.path.join(workdir, png)) > 10_000
     # The probe set was scored by the preference runs through the trainer (metrics.jsonl rows).

@@ -45,6 +45,15 @@ def _evaluation(correct):
                           "correct": True}]}
 
 
+def _benchmark(count, colour, direction):
+    """eval.scoring.score's shape for 9 questions (3 per task type), one answer without a letter."""
+    groups = {"Counting Problem": count, "Attribute Perception": colour, "Temporal Perception": direction}
+    correct = count + colour + direction
+    return {"accuracy": correct / 9, "correct": correct, "total": 9, "unparsed": 1, "skipped": 0,
+            "settings": {"extractor": "lmms-eval-2024"},
+            "groups": {"task_type": {t: {"correct": c, "total": 3, "accuracy": c / 3} for t, c in groups.items()}}}
+
+
 def _results():
     return findings.DemoResults(
         settings={"train_videos": 10, "sft_steps": 20, "sft_batch": 4, "sft_lr": 1e-3, "pref_steps": 8},
@@ -52,7 +61,9 @@ def _results():
         shapes={"sft_prompt_text_tokens": 112, "prompt_text_tokens": 48, "response_tokens": 16},
         backdrop={"demo": 0.0039, "synthetic_default": -0.81}, times={"corpus": 1.5, "sft": 9.25},
         generation=build_report(GENERATED), pairs_by_kind=findings.pairs_by_kind(GENERATED, TRIPLETS),
-        evals={name: _evaluation(c) for name, c in (("sft", 4), ("dpo", 3), ("simpo", 3), ("leanpo", 5))})
+        evals={name: _evaluation(c) for name, c in (("sft", 4), ("dpo", 3), ("simpo", 3), ("leanpo", 5))},
+        benchmarks={"sft": _benchmark(1, 3, 0), "dpo": _benchmark(1, 2, 0), "simpo": _benchmark(0, 2, 1),
+                    "leanpo": _benchmark(2, 3, 1)})
 
 
 def test_report_gives_identical_count_and_the_kept_pairs_share(tmp_path):
@@ -70,7 +81,13 @@ def test_report_gives_identical_count_and_the_kept_pairs_share(tmp_path):
     assert "LeanPO's chosen goes -1.10 → -1.40 (its lowest, at step 4) → -0.90, at or above the start" in report
     assert "3 of 5 pairs are kept: 3 colour pairs (2 with the GT as chosen, 1 with it as rejected, 0 with neither)" \
         in report
+    # The benchmark table: task types in name order, accuracy over all 9 questions.
+    assert ("| model | accuracy | Attribute Perception | Counting Problem | Temporal Perception | no letter in the "
+            "answer | skipped (count as wrong) |") in report
+    assert "| leanpo | 66.7% (6/9) | 3/3 | 2/3 | 1/3 | 1 | 0 |" in report
+    assert "extractor `lmms-eval-2024`" in report
     saved = json.load(open(os.path.join(workdir, "demo_summary.json")))
+    assert saved["benchmark_accuracy"] == {"sft": 4 / 9, "dpo": 3 / 9, "simpo": 3 / 9, "leanpo": 6 / 9}
     assert saved["pairs"]["identical"] == 2 and saved["pairs"]["kept"] == 3
     assert saved["pairs"]["winner_above_loser_non_identical"] == {"count": 2, "share": 2 / 3}
     assert saved["leanpo"]["logps_chosen"] == [-1.1, -0.9]

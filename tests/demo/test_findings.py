@@ -52,7 +52,8 @@ def _results(scale):
         times={}, generation={},
         pairs_by_kind=findings.pairs_by_kind(ROWS * scale, TRIPLETS),
         evals={"sft": _evaluation((3 * scale, 29), (23 * scale, 29), (2 * scale, 29)),
-               "leanpo": _evaluation((4 * scale, 29), (26, 29), (5 * scale, 29))})
+               "leanpo": _evaluation((4 * scale, 29), (26, 29), (5 * scale, 29))},
+        benchmarks={})
 
 
 def _probes(scale):
