@@ -4,7 +4,8 @@
     scores = evaluator.run(out_dir)            # OUT/results.jsonl, scores.json, report.md, accuracy.png
 
 Per item (eval/tasks.py builds them from the file's rows): the video is read as training reads
-it (the model's frame policy, data.num_frames, data.frame_sampling / fps_sampling), the
+it (the model's frame policy, data.num_frames, data.frame_sampling / fps_sampling; with
+data.video_buckets at the bucket nearest its aspect ratio, batched with its bucket's items), the
 benchmark prompt (`question_text`, exactly lmms-eval's doc_to_text) goes through the family's
 chat template, the KV-cache sampler answers greedily with the template's stop token, and the
 answer letter is extracted with the named extractor. Each result row is appended and fsynced
@@ -29,6 +30,7 @@ from flax import nnx
 
 from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.batch import pad_rows, position_table
+from leanpo_jax.data.batching import bucket_interfaces, video_bucket_of
 from leanpo_jax.data.tokenize import ChatTokenizer
 from leanpo_jax.eval import extract as extract_lib
 from leanpo_jax.eval import scoring, tasks
@@ -83,7 +85,11 @@ class Evaluator:
         self.tok = tokenizer or ChatTokenizer.for_model(interface, config.data.tokenizer or None)
         self.frames = int(config.data.num_frames)
         self.n_video = interface.video_tokens(self.frames)
-        self.read_args = video_lib.data_read_args(interface.frames, config.data)
+        # With data.video_buckets each video is read at the bucket nearest its aspect ratio, as
+        # training and self-generation read it (never skipped for a mismatch: every item is
+        # answered), and batched with items of its bucket.
+        self.buckets = bucket_interfaces(interface, config.data)
+        self.read_args = [video_lib.data_read_args(b.frames, config.data) for b in self.buckets]
         self.max_new_tokens = int(self.b.max_new_tokens) or int(self.spec.max_new_tokens)
         self.sampler = None
 
@@ -110,6 +116,7 @@ class Evaluator:
                 "post_prompt": self.b.post_prompt,
                 "post_prompt_text": tasks.resolve_post_prompt(self.b.task, self.b.post_prompt), "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
                 "num_frames": self.frames, "frame_size": list(self.interface.frames.size),
+                "video_buckets": [list(b.frames.size) for b in self.buckets] if len(self.buckets) > 1 else [],
                 "frame_sampling": d.frame_sampling, "fps_sampling": float(d.fps_sampling),
                 "video_tokens": self.n_video, "model": self.interface.source or str(self.config.model.preset),
                 "tokenizer": self.tok.where}
@@ -125,20 +132,27 @@ class Evaluator:
         """The first token of each option letter as the answer's first token."""
         return [int(self.tok.text_ids(letter)[0]) for letter in letters]
 
-    def _answer(self, batch: List[Dict]) -> List[str]:
+    def _bucket_of(self, path: Optional[str]) -> int:
+        if len(self.buckets) == 1 or path is None:
+            return 0
+        # An unreadable header (None) votes for no bucket: the first; the read then reports why.
+        return video_bucket_of([video_lib.probe_size(path)], [b.frames.size for b in self.buckets])
+
+    def _answer(self, batch: List[Dict], bucket: int = 0) -> List[str]:
         """Greedy answers (scoring "generate") or the most likely option letter ("likelihood",
         its log-probs kept in each item's "letter_logps") for prepared items (prompt ids,
-        frames, sampled fps), the batch padded."""
+        frames, sampled fps) of one video bucket, the batch padded."""
         self._ensure_model()
+        interface = self.buckets[bucket]
         b = int(self.b.batch_size)
         rows = batch + [batch[0]] * (b - len(batch))
         ids, mask = pad_rows([r["prompt_ids"] for r in rows], self.width)
         positions = None
-        if self.interface.positions_fn is not None:
-            positions = position_table([self.interface.prompt_positions(r["prompt_ids"], r["fps"]) for r in rows],
+        if interface.positions_fn is not None:
+            positions = position_table([interface.prompt_positions(r["prompt_ids"], r["fps"]) for r in rows],
                                        self.width)
-        frames = video_lib.normalize_frames(np.stack([r["frames"] for r in rows]), self.interface.frames.mean,
-                                            self.interface.frames.std)
+        frames = video_lib.normalize_frames(np.stack([r["frames"] for r in rows]), interface.frames.mean,
+                                            interface.frames.std)
         embeds = self.sampler.encode(frames)
         if self.b.scoring == "likelihood":
             letters = sorted({x for r in batch for x in r["item"].letters})
@@ -157,7 +171,7 @@ class Evaluator:
         return [cut_at_stops(t, self.spec.stop_strings).strip() for t in texts]
 
     def _result(self, item, status: str, output: str = "", prompt_text: str = "", detail: str = "",
-                letter_scores: Optional[Dict] = None) -> Dict:
+                letter_scores: Optional[Dict] = None, frame_size: Optional[List[int]] = None) -> Dict:
         likelihood = self.b.scoring == "likelihood"
         row = {"id": f"{item.task}:{item.id}", "task": item.task, "item_id": item.id, "question_text": item.question_text,
                "prompt_sha256": prompt_sha256(prompt_text) if prompt_text else None, "output": output,
@@ -166,6 +180,8 @@ class Evaluator:
                "status": status, "groups": dict(item.groups), "fallback": False}
         if detail:
             row["detail"] = detail
+        if frame_size is not None and len(self.buckets) > 1:
+            row["frame_size"] = frame_size  # the video bucket it was read at
         if status == "ok" and likelihood:
             row["letter_logps"] = letter_scores
             row["parsed"], row["correct"] = output, output == item.gold
@@ -202,10 +218,11 @@ class Evaluator:
                 prompts[it.id] = self.tok.prompt_ids(it.question_text, self.n_video)
             except ValueError as e:
                 refused[it.id] = str(e)
-        # One prompt width for every item of the file, done or not (the longest prompt): one
-        # compile, and an item's answer depends neither on its batch nor on what a killed run
-        # had already written.
-        self.width = max([len(p) for p in prompts.values()], default=1)
+        # One prompt width for every item of the file, done or not (the longest text with the
+        # most video tokens of any bucket): one compile, and an item's answer depends neither on
+        # its batch nor on what a killed run had already written.
+        n_videos = [b.video_tokens(self.frames) for b in self.buckets]
+        self.width = max([len(p) - self.n_video for p in prompts.values()], default=1) + max(n_videos)
         for it in todo:
             if it.id in refused:
                 out.append(self._result(it, "unencodable_prompt", detail=refused[it.id]))
@@ -214,19 +231,21 @@ class Evaluator:
             from tqdm import tqdm
 
             bar = tqdm(total=len(todo), desc=f"eval {self.b.task}", unit="q", dynamic_ncols=True)
-        pending: List[Dict] = []
+        pending: Dict[int, List[Dict]] = {k: [] for k in range(len(self.buckets))}
 
-        def flush():
+        def flush(k):
             nonlocal new
-            if not pending:
+            batch = pending[k]
+            if not batch:
                 return
-            for p, text in zip(pending, self._answer(pending)):
-                out.append(self._result(p["item"], "ok", text, p["prompt_text"], letter_scores=p.get("letter_logps")))
+            for p, text in zip(batch, self._answer(batch, k)):
+                out.append(self._result(p["item"], "ok", text, p["prompt_text"], letter_scores=p.get("letter_logps"),
+                                        frame_size=p["frame_size"]))
                 new += 1
             if bar is not None:
-                bar.update(len(pending))
+                bar.update(len(batch))
                 bar.set_postfix(q_s=f"{new / max(time.perf_counter() - started, 1e-9):.2f}", refresh=False)
-            pending.clear()
+            batch.clear()
 
         for it in todo:
             if it.id not in prompts:
@@ -237,19 +256,22 @@ class Evaluator:
                 out.append(self._result(it, "missing_video", detail=f"none of {tasks.video_candidates(it)} under {root}"))
                 bar is not None and bar.update(1)
                 continue
+            k = self._bucket_of(path)
             try:
-                frames, info = video_lib.read_video(path, self.frames, **self.read_args)
+                frames, info = video_lib.read_video(path, self.frames, **self.read_args[k])
             except video_lib.VideoError as e:
                 out.append(self._result(it, e.reason, detail=f"video {path!r}: {e.detail}"))
                 bar is not None and bar.update(1)
                 continue
             fps = info.sampled_fps  # a time-aware position table (Qwen2.5-VL) needs the rate
-            ids = prompts[it.id]
-            pending.append({"item": it, "prompt_ids": ids, "frames": frames, "fps": fps,
-                            "prompt_text": self.tok.tokenizer.decode(ids.tolist(), skip_special_tokens=False)})
-            if len(pending) == int(self.b.batch_size):
-                flush()
-        flush()
+            ids = prompts[it.id] if n_videos[k] == self.n_video else self.tok.prompt_ids(it.question_text, n_videos[k])
+            pending[k].append({"item": it, "prompt_ids": ids, "frames": frames, "fps": fps,
+                               "frame_size": list(self.buckets[k].frames.size),
+                               "prompt_text": self.tok.tokenizer.decode(ids.tolist(), skip_special_tokens=False)})
+            if len(pending[k]) == int(self.b.batch_size):
+                flush(k)
+        for k in pending:
+            flush(k)
         if bar is not None:
             bar.close()
         out.close()

@@ -408,6 +408,45 @@ def test_self_generation_reads_and_batches_each_record_at_its_bucket(model, tmp_
     assert all(r["chosen"] == "red red red red" and np.isfinite(r["chosen_avg_logp"]) for r in rows)
 
 
+def test_benchmark_reads_and_batches_each_video_at_its_bucket(model, tmp_path, monkeypatch):
+    """leanpo-eval with buckets 84x84 and 56x112: the two 2:1 clips are answered together at
+    56x112 (16 video tokens), the square one at 84x84 (18), each result row naming its size;
+    a 3:1 clip (3x off either bucket) is still answered, at the nearer one: nothing skipped."""
+    from leanpo_jax.eval.run import Evaluator
+
+    rng = np.random.default_rng(2)
+    shapes = {"w0": (32, 64), "s0": (48, 48), "w1": (40, 80), "x0": (32, 96)}
+    rows = []
+    for name, (h, w) in shapes.items():
+        synthetic.write_mp4(str(tmp_path / f"{name}.mp4"), rng.integers(0, 255, (8, h, w, 3), dtype=np.uint8))
+        rows.append({"id": name, "video": f"{name}.mp4", "question": "What moves?", "options": ["a", "b"],
+                     "answer": "A"})
+    with open(tmp_path / "mcq.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    config = training_config(PRESET)
+    config.data.num_frames, config.data.video_buckets = FRAMES, ("84x84", "56x112")
+    config.eval.benchmark.update(dict(task="mcq", data=str(tmp_path / "mcq.jsonl"), video_root=str(tmp_path),
+                                      batch_size=2, max_new_tokens=2))
+    reads, batches = [], []
+    real_read = video.read_video
+    monkeypatch.setattr(video, "read_video", lambda path, n, **kw: reads.append(
+        (os.path.basename(path), kw["image_size"])) or real_read(path, n, **kw))
+    evaluator = Evaluator(config, model=model, interface=INTERFACE)
+    real_answer = evaluator._answer
+    monkeypatch.setattr(evaluator, "_answer", lambda batch, k=0: batches.append(
+        ([b["item"].id for b in batch], {int((b["prompt_ids"] == VIDEO_PAD).sum()) for b in batch}))
+        or real_answer(batch, k))
+    scores = evaluator.run(str(tmp_path / "out"), progress=False)
+    assert sorted(reads) == [("s0.mp4", (84, 84)), ("w0.mp4", (56, 112)), ("w1.mp4", (56, 112)),
+                             ("x0.mp4", (56, 112))]
+    assert batches == [(["w0", "w1"], {16}), (["s0"], {18}), (["x0"], {16})]
+    assert scores["total"] == scores["asked"] == 4 and scores["skipped"] == 0
+    with open(tmp_path / "out" / "results.jsonl") as f:
+        sizes = {r["item_id"]: r["frame_size"] for r in map(json.loads, f)}
+    assert sizes == {"w0": [56, 112], "w1": [56, 112], "s0": [84, 84], "x0": [56, 112]}
+    assert scores["settings"]["video_buckets"] == [[84, 84], [56, 112]]
+
+
 # -------------------------------------------------------------------------------- data checker
 def test_data_checker_runs_for_this_family(corpus, tmp_path):
     data = data_block(corpus)
