@@ -34,12 +34,11 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=None):
-    """Runs `python ARGS` in a subprocess, returning the CompletedProcess (text output).
-
-    `XLA_FLAGS` is cleared so the child sees one CPU device (faster start, smaller compiles),
-    unless `num_devices` asks for simulated devices.
-    """
+def cli_env(*, num_devices=None, env=None):
+    """The environment of a CLI child process: this repo first on PYTHONPATH, the tests'
+    compilation cache (most CLI runs compile programs an earlier run already compiled: a tiny
+    training run starts in ~19 s instead of ~39 s), and `XLA_FLAGS` cleared so the child sees
+    one CPU device (faster start, smaller compiles) unless `num_devices` asks for simulated ones."""
     child_env = dict(os.environ)
     child_env.pop("XLA_FLAGS", None)
     if num_devices is not None:
@@ -47,8 +46,16 @@ def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=No
     child_env["PYTHONPATH"] = os.pathsep.join(
         [REPO_ROOT] + [p for p in child_env.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
-    if env:
-        child_env.update(env)
+    child_env.setdefault("JAX_COMPILATION_CACHE_DIR", COMPILATION_CACHE_DIR)
+    child_env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+    child_env.update(env or {})
+    return child_env
+
+
+def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=None):
+    """Runs `python ARGS` in a subprocess (environment: `cli_env`), returning the
+    CompletedProcess (text output)."""
+    child_env = cli_env(num_devices=num_devices, env=env)
     proc = subprocess.run(
         [sys.executable, *args], env=child_env, cwd=cwd or REPO_ROOT, capture_output=True,
         text=True, timeout=timeout,

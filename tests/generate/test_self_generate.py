@@ -16,7 +16,7 @@ import time
 import ml_collections
 import pytest
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, cli_env
 
 from leanpo_jax.data import synthetic
 from leanpo_jax.generate import self_generate
@@ -49,13 +49,6 @@ def command(root, input_path, output):
             "--video-root", root, "--output", output, "--noprogress"]
 
 
-def env():
-    e = dict(os.environ)
-    e.pop("XLA_FLAGS", None)
-    e["PYTHONPATH"] = REPO_ROOT
-    return e
-
-
 def rows_of(path):
     if not os.path.exists(path):
         return []
@@ -65,7 +58,7 @@ def rows_of(path):
 def test_killed_restarted_complete_and_readable_by_training(corpus):
     root, input_path = corpus
     output = os.path.join(root, "out", "pairs.jsonl")
-    proc = subprocess.Popen(command(root, input_path, output), env=env(), cwd=REPO_ROOT,
+    proc = subprocess.Popen(command(root, input_path, output), env=cli_env(), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not rows_of(output):
@@ -77,7 +70,7 @@ def test_killed_restarted_complete_and_readable_by_training(corpus):
     with open(output, "a", encoding="utf-8") as f:
         f.write('{"id": "shapes-0000')  # what a kill mid-write leaves
 
-    done = subprocess.run(command(root, input_path, output), env=env(), cwd=REPO_ROOT,
+    done = subprocess.run(command(root, input_path, output), env=cli_env(), cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = rows_of(output)
@@ -96,7 +89,7 @@ def test_killed_restarted_complete_and_readable_by_training(corpus):
     assert report["pairs"] == GOOD and report["failed"] == 1 and report["identical_pairs"] <= GOOD
 
     before = open(output, "rb").read()
-    again = subprocess.run(command(root, input_path, output), env=env(), cwd=REPO_ROOT,
+    again = subprocess.run(command(root, input_path, output), env=cli_env(), cwd=REPO_ROOT,
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "0 new rows" in again.stdout and "nothing left to do" in again.stdout
     assert open(output, "rb").read() == before

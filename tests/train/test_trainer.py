@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import COMPILATION_CACHE_DIR, REPO_ROOT, run_cli
+from conftest import REPO_ROOT, cli_env, run_cli
 
 from leanpo_jax.train import checkpoint as ckpt_lib
 from leanpo_jax.train.metrics_log import read_metrics
@@ -139,11 +139,8 @@ def test_interrupted_and_resumed_runs_equal_the_uninterrupted_run(full_run, tmp_
     train(workdir, *EVERY_2, "--config.num_steps=3")
     assert [r["step"] for r in train_rows(workdir)] == [1, 2, 3]
 
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PYTHONPATH"] = REPO_ROOT
     proc = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={workdir}", *EVERY_2,
-                             "--config.num_steps=8"], env=env, cwd=REPO_ROOT,
+                             "--config.num_steps=8"], env=cli_env(), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while (time.time() < deadline and proc.poll() is None
@@ -213,16 +210,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _env():
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PYTHONPATH"] = REPO_ROOT
-    # The tests' compilation cache (tests/conftest.py): reruns of one setup skip the compiles.
-    env["JAX_COMPILATION_CACHE_DIR"] = COMPILATION_CACHE_DIR
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
-    return env
-
-
 def _signal_after(procs, workdir, step, sig, target):
     """Sends `sig` to procs[target] once the run logged `step`; -> [(stdout, stderr)] per proc."""
     deadline = time.time() + 300
@@ -236,7 +223,7 @@ def _signal_after(procs, workdir, step, sig, target):
 def test_ctrl_c_saves_a_checkpoint_and_exits_130(tmp_path):
     workdir = str(tmp_path)
     proc = subprocess.Popen([sys.executable, *TRAIN, f"--workdir={workdir}",
-                             "--config.checkpoint.export_hf=False"], env=_env(), cwd=REPO_ROOT,
+                             "--config.checkpoint.export_hf=False"], env=cli_env(), cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     [(out, err)] = _signal_after([proc], workdir, 1, signal.SIGINT, 0)
     assert proc.returncode == 130, (out, err)
@@ -251,7 +238,7 @@ def _two_processes(workdir, port, *extra):
          "--config.checkpoint.every=100", "--config.checkpoint.export_hf=False",
          f"--config.distributed.coordinator_address=localhost:{port}",
          "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}", *extra],
-        env=_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        env=cli_env(), cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(2)]
 
 

@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 from PIL import Image
 
-from conftest import COMPILATION_CACHE_DIR, cut_back_run, first_triplets, run_cli, saved_arrays
+from conftest import cut_back_run, first_triplets, run_cli, saved_arrays
 from llama_tokenizer import BOS, EOS, write_llama_tokenizer
 
 from leanpo_jax.data import synthetic, video
@@ -369,11 +369,10 @@ def test_self_generation_writes_scored_pairs(generator, corpus, tmp_path):
 # ------------------------------------------------------------------------- trainer and resume
 def _train(workdir, tokenizer_dir):
     """The training CLI on configs/tiny.py with the preset swapped (one CPU device)."""
-    env = {"JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE_DIR, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
     return run_cli(["-m", "leanpo_jax.train", "--config", "configs/tiny.py", "--config.logging.progress_bar=False",
                     f"--workdir={workdir}", f"--config.model.preset={PRESET}", f"--config.data.tokenizer={tokenizer_dir}",
                     "--config.data.max_prompt_text_tokens=64", "--config.num_steps=4",
-                    "--config.checkpoint.every=2", "--config.checkpoint.max_to_keep=20"], env=env)
+                    "--config.checkpoint.every=2", "--config.checkpoint.max_to_keep=20"])
 
 
 def _train_rows(workdir):

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from conftest import COMPILATION_CACHE_DIR, cut_back_run, run_cli, saved_arrays
+from conftest import cut_back_run, run_cli, saved_arrays
 
 from leanpo_jax.models import resolve_model
 from leanpo_jax.train.metrics_log import read_metrics
@@ -17,13 +17,12 @@ PRESET = "qwen2.5-vl-tiny"
 
 
 def _train(workdir):
-    env = {"JAX_COMPILATION_CACHE_DIR": COMPILATION_CACHE_DIR, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
     return run_cli(["-m", "leanpo_jax.train", "--config", "configs/tiny.py", "--config.logging.progress_bar=False",
                     f"--workdir={workdir}", f"--config.model.preset={PRESET}", "--config.data.tokenizer=",
                     "--config.data.max_prompt_text_tokens=64", "--config.num_steps=4",
                     "--config.data.video_buckets=('84x84','56x112')", "--config.model.lora.rank=4",
                     "--config.model.lora.alpha=8.0", "--config.checkpoint.every=2",
-                    "--config.checkpoint.max_to_keep=20"], env=env)
+                    "--config.checkpoint.max_to_keep=20"])
 
 
 def _train_rows(workdir):
