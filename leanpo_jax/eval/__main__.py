@@ -1,5 +1,7 @@
 """`python -m leanpo_jax.eval --model HF_DIR --task videomme --data FILE --video-root DIR --out OUT_DIR`.
 
+    (or several in one run: --tasks videomme,mlvu --data VMME.parquet,MLVU.json --video-root V1,V2)
+
 Console script `leanpo-eval`. Tasks: videomme, mlvu, longvideobench, nextqa (multiple choice)
 and mcq (your own JSONL: id, video, question, options, answer); the files are read locally
 (parquet, json, jsonl), never downloaded. The model's HF folder decides the family, frame size,
@@ -30,6 +32,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", _DEFAULT, "Config file (mode
                                           "blocks); default: every key at its default.", lock_config=True)
 flags.DEFINE_string("model", None, "The model's HF folder (sets model.init_from); default: the config's model.")
 flags.DEFINE_string("task", None, "Benchmark name (eval.benchmark.task).")
+flags.DEFINE_list("tasks", None, "Several benchmarks in one run (one model load), e.g. videomme,mlvu: --data "
+                  "then names one file per task and --video-root one folder per task (or one for all), "
+                  "comma-separated in the same order; all write into --out.")
 flags.DEFINE_string("data", None, "The benchmark's file: parquet, json or jsonl (eval.benchmark.data).")
 flags.DEFINE_string("video-root", None, "Folder of the videos (eval.benchmark.video_root).")
 flags.DEFINE_string("out", None, "Output folder (results.jsonl, scores.json, report.md, accuracy.png).")
@@ -44,7 +49,7 @@ _OVERRIDES = {"task": "task", "data": "data", "video-root": "video_root", "max-i
 def _main(argv) -> None:
     begin_absl_main(argv)
     from leanpo_jax.eval.report import format_report, read_scores
-    from leanpo_jax.eval.run import Evaluator
+    from leanpo_jax.eval.run import run_tasks
 
     config = _CONFIG.value
     with config.unlocked():
@@ -52,17 +57,40 @@ def _main(argv) -> None:
             config.model.init_from = flags.FLAGS.model
         for flag, key in _OVERRIDES.items():
             value = flags.FLAGS[flag].value
+            if flags.FLAGS.tasks and flag in ("data", "video-root"):
+                continue  # per task: _benchmarks
             if value is not None:
                 config.eval.benchmark[key] = value
     out = flags.FLAGS.out
     try:
-        result = Evaluator(config).run(out, progress=flags.FLAGS.progress)
+        results = run_tasks(config, _benchmarks(config), out, progress=flags.FLAGS.progress)
     except (ValueError, FileNotFoundError) as err:
         print(f"leanpo-eval: error: {err}", file=sys.stderr, flush=True)
         sys.exit(1)
     print(format_report(read_scores(out)), flush=True)
-    print(f"leanpo-eval: {result['evaluated_this_run']} questions answered this run, {result['total']} in "
-          f"{os.path.join(out, 'results.jsonl')}; {result['seconds_this_run']} s", flush=True)
+    for task, result in results.items():
+        print(f"leanpo-eval: {task}: {result['evaluated_this_run']} questions answered this run, {result['total']} "
+              f"in {os.path.join(out, 'results.jsonl')}; {result['seconds_this_run']} s", flush=True)
+
+
+def _benchmarks(config):
+    """--tasks with its per-task --data / --video-root lists -> run_tasks' list; without
+    --tasks the one benchmark of the config (and the flags above)."""
+    names = flags.FLAGS.tasks
+    if not names:
+        return [{}]
+    if flags.FLAGS.task:
+        raise ValueError("give --task or --tasks, not both")
+    data = (flags.FLAGS.data or "").split(",")
+    roots = (flags.FLAGS["video-root"].value or "").split(",")
+    if len(data) != len(names):
+        raise ValueError(f"--tasks names {len(names)} tasks but --data {len(data)} files: give one file per task, "
+                         "comma-separated in the same order")
+    if len(roots) not in (1, len(names)):
+        raise ValueError(f"--video-root: give one folder for all {len(names)} tasks or one per task "
+                         f"(got {len(roots)})")
+    roots = roots * len(names) if len(roots) == 1 else roots
+    return [{"task": t, "data": d, "video_root": r} for t, d, r in zip(names, data, roots)]
 
 
 def main() -> None:

@@ -283,3 +283,25 @@ class Evaluator:
         return dict(result, evaluated_this_run=new, seconds_this_run=round(time.perf_counter() - started, 2),
                     repaired_bytes=out.repaired_bytes)
 
+
+def run_tasks(config: ml_collections.ConfigDict, benchmarks: List[Dict], out_dir: str, *,
+              progress: bool = True) -> Dict[str, Dict]:
+    """Several benchmarks on one model into one OUT folder: `benchmarks` = [{task, data,
+    video_root}, ...], each overriding config.eval.benchmark's keys; the model is loaded once
+    and every task's rows share OUT/results.jsonl (keyed "task:id"), scores.json holds them all.
+    -> {task: that run's scores}."""
+    tasks_seen = [b["task"] for b in benchmarks]
+    if len(set(tasks_seen)) != len(tasks_seen):
+        raise ValueError(f"--tasks {','.join(tasks_seen)}: a task appears twice; its rows would share ids")
+    first, results = None, {}
+    for bench in benchmarks:
+        c = ml_collections.ConfigDict(config.to_dict())
+        c.eval.benchmark.update({k: v for k, v in bench.items() if v is not None})
+        if first is None:
+            evaluator = first = Evaluator(c)
+        else:
+            first._ensure_model()
+            evaluator = Evaluator(c, model=first.model, interface=first.interface, tokenizer=first.tok)
+        results[bench["task"]] = evaluator.run(out_dir, progress=progress)
+    return results
+

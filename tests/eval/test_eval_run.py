@@ -11,7 +11,7 @@ import pytest
 
 from conftest import run_cli
 from leanpo_jax.eval import report as report_lib
-from leanpo_jax.eval.run import Evaluator, cut_at_stops
+from leanpo_jax.eval.run import Evaluator, cut_at_stops, run_tasks
 from leanpo_jax.eval.synthetic import write_synthetic_videomme
 from leanpo_jax.train.config import training_config
 from tiny_checkpoint import make_checkpoint
@@ -82,11 +82,12 @@ def test_a_run_resumed_after_a_kill_writes_the_same_scores(bench):
         f.writelines(lines[:5])
         f.write(lines[5][:30])  # the row being written when the process was killed
     info = bench["info"]
-    proc = run_cli(["-m", "leanpo_jax.eval", "--model", bench["ckpt"], "--task", "videomme", "--data", info["data"],
+    # Through --tasks (one task here): the per-task --data / --video-root lists.
+    proc = run_cli(["-m", "leanpo_jax.eval", "--model", bench["ckpt"], "--tasks", "videomme", "--data", info["data"],
                     "--video-root", info["video_root"], "--out", resumed, "--noprogress",
                     "--config.data.num_frames=4", "--config.eval.benchmark.batch_size=4"], timeout=600)
     # Kept: the unusable row and 4 others; of the 6 left one has no video: 5 answered now.
-    assert "5 questions answered this run" in proc.stdout
+    assert "videomme: 5 questions answered this run" in proc.stdout
     got, want = read_results(resumed), read_results(bench["out"])
     assert sorted(r["id"] for r in got) == sorted(r["id"] for r in want)
     by_id = {r["id"]: r for r in want}
@@ -135,3 +136,42 @@ def test_answers_are_cut_at_the_first_stop_string():
     assert cut_at_stops("A\nB\n\nC", ("\n\n", "\n")) == "A"  # the earliest of several
     assert cut_at_stops("The answer is C", ("\n\n",)) == "The answer is C"
     assert cut_at_stops("anything", ()) == "anything"
+
+
+def test_several_tasks_share_one_model_and_one_output_folder(bench, tmp_path):
+    """run_tasks (the CLI's --tasks): Video-MME and an MCQ file on one model load into one
+    folder: the Video-MME entry equals the single-task run's, both tasks' rows share
+    results.jsonl, scores.json holds both; a task named twice is refused."""
+    info, out = bench["info"], str(tmp_path / "both")
+    videos = sorted(os.listdir(info["video_root"]))[:2]
+    with open(tmp_path / "mcq.jsonl", "w") as f:
+        for i, name in enumerate(videos):
+            f.write(json.dumps({"id": f"m{i}", "video": name, "question": "Is it moving?", "options": ["yes", "no"],
+                                "answer": "yes"}) + "\n")
+    config = eval_config(bench["ckpt"], info["data"], info["video_root"])
+    results = run_tasks(config, [{"task": "videomme"}, {"task": "mcq", "data": str(tmp_path / "mcq.jsonl")}], out,
+                        progress=False)
+    assert results["mcq"]["total"] == 2 and results["mcq"]["skipped"] == 0
+    scores = report_lib.read_scores(out)
+    assert sorted(scores) == ["mcq", "videomme"]
+    assert scores["videomme"] == report_lib.read_scores(bench["out"])["videomme"]
+    assert sorted({r["task"] for r in read_results(out)}) == ["mcq", "videomme"]
+    with pytest.raises(ValueError, match="appears twice"):
+        run_tasks(config, [{"task": "mcq"}, {"task": "mcq"}], out, progress=False)
+
+
+def test_the_tasks_flag_pairs_each_task_with_its_file():
+    from absl.testing import flagsaver
+
+    from leanpo_jax.eval import __main__ as cli
+
+    with flagsaver.flagsaver(tasks=["videomme", "mlvu"], data="a.parquet,b.json", **{"video-root": "/v"}):
+        assert cli._benchmarks(None) == [{"task": "videomme", "data": "a.parquet", "video_root": "/v"},
+                                         {"task": "mlvu", "data": "b.json", "video_root": "/v"}]
+    with flagsaver.flagsaver(tasks=["videomme", "mlvu"], data="a.parquet"):
+        with pytest.raises(ValueError, match="2 tasks but --data 1 files"):
+            cli._benchmarks(None)
+    with flagsaver.flagsaver(tasks=["videomme"], task="mlvu", data="a.parquet"):
+        with pytest.raises(ValueError, match="not both"):
+            cli._benchmarks(None)
+
