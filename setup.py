@@ -40,8 +40,9 @@ EXTRAS_REQUIRE = {
     # CPU wheel available on the project's machines (parity tests against transformers);
     # accelerate: transformers needs it to load a GGUF file (the SmolLM2 real-weights reference);
     # safetensors: the reference implementation our own reader/writer is tested against;
-    # peft: LoRA adapters exported here load in PEFT, and PEFT's load here (parity tests).
-    "test": ["pytest>=8.0", "torch==2.13.0", "gguf>=0.10", "accelerate>=1.0", "safetensors>=0.4.3",
+    # peft: LoRA adapters exported here load in PEFT, and PEFT's load here (parity tests);
+    # pytest-xdist: launch/test.sh runs test files on both cores (compiles are single-threaded).
+    "test": ["pytest>=8.0", "pytest-xdist>=3.5", "torch==2.13.0", "gguf>=0.10", "accelerate>=1.0", "safetensors>=0.4.3",
              "peft==0.21.2"],
     "cuda": ["jax[cuda12]>=0.10.2"],
     "tpu": ["jax[tpu]>=0.10.2"],
