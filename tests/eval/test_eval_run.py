@@ -1,15 +1,18 @@
 """leanpo-eval end to end on a tiny checkpoint and the embedded synthetic Video-MME benchmark:
 every row gets a result (unusable rows and missing videos counted as wrong, with their reason),
-scores.json agrees with results.jsonl, and a run resumed after a kill -9 (a torn last line)
-writes the same scores.json as the uninterrupted run."""
+scores.json agrees with results.jsonl, and a run killed with SIGKILL (and left with a torn last
+line) resumes to the same results and scores.json as the uninterrupted run."""
 
 import json
 import os
-import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
-from conftest import run_cli
+from conftest import REPO_ROOT, cli_env, run_cli
 from leanpo_jax.eval import report as report_lib
 from leanpo_jax.eval.run import Evaluator, cut_at_stops, run_tasks
 from leanpo_jax.eval.synthetic import write_synthetic_videomme
@@ -21,7 +24,8 @@ def eval_config(ckpt, data, video_root, **benchmark):
     config = training_config()
     config.model.init_from = ckpt
     config.data.num_frames = 4
-    config.eval.benchmark.update(dict(task="videomme", data=data, video_root=video_root, batch_size=4, **benchmark))
+    config.eval.benchmark.update(dict(task="videomme", data=data, video_root=video_root, batch_size=4))
+    config.eval.benchmark.update(benchmark)
     return config
 
 
@@ -73,31 +77,60 @@ def test_every_row_has_a_result_and_the_scores_count_them(bench):
     assert os.path.getsize(os.path.join(bench["out"], "accuracy.png")) > 1000
 
 
-def test_a_run_resumed_after_a_kill_writes_the_same_scores(bench):
-    resumed = str(bench["root"] / "resumed")
-    os.makedirs(resumed)
-    with open(os.path.join(bench["out"], "results.jsonl"), "rb") as f:
-        lines = f.readlines()
-    with open(os.path.join(resumed, "results.jsonl"), "wb") as f:
-        f.writelines(lines[:5])
-        f.write(lines[5][:30])  # the row being written when the process was killed
-    info = bench["info"]
+def _wait_for_lines(path, n, proc, timeout=300.0):
+    """Polls `path` until it holds `n` complete lines (or `proc` ends / the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if os.path.exists(path):
+            with open(path, "rb") as f:
+                if f.read().count(b"\n") >= n:
+                    return
+        time.sleep(0.005)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_same_scores(bench):
+    """A real kill -9 mid-run (one question per batch, 54 questions), then a torn half line as a
+    kill during a write leaves it; the resumed CLI run answers only what is missing and its
+    results.jsonl and scores.json equal an uninterrupted run's."""
+    info, root = bench["info"], bench["root"]
+    rows = json.load(open(info["data"]))[:9]
+    data = str(root / "many.json")
+    with open(data, "w") as f:
+        json.dump([dict(r, question_id=f"{r['question_id']}-{k}") for k in range(6) for r in rows], f)
+    full, resumed = str(root / "many_full"), str(root / "many_resumed")
+    want_scores = Evaluator(eval_config(bench["ckpt"], data, info["video_root"], batch_size=1)).run(full, progress=False)
+    assert want_scores["total"] == 54 and want_scores["skipped"] == 0
     # Through --tasks (one task here): the per-task --data / --video-root lists.
-    proc = run_cli(["-m", "leanpo_jax.eval", "--model", bench["ckpt"], "--tasks", "videomme", "--data", info["data"],
-                    "--video-root", info["video_root"], "--out", resumed, "--noprogress",
-                    "--config.data.num_frames=4", "--config.eval.benchmark.batch_size=4"], timeout=600)
-    # Kept: the unusable row and 4 others; of the 6 left one has no video: 5 answered now.
-    assert "videomme: 5 questions answered this run" in proc.stdout
-    got, want = read_results(resumed), read_results(bench["out"])
+    args = ["-m", "leanpo_jax.eval", "--model", bench["ckpt"], "--tasks", "videomme", "--data", data,
+            "--video-root", info["video_root"], "--out", resumed, "--noprogress",
+            "--config.data.num_frames=4", "--config.eval.benchmark.batch_size=1"]
+    results = os.path.join(resumed, "results.jsonl")
+    with open(str(root / "killed.log"), "w") as log:
+        proc = subprocess.Popen([sys.executable, *args], env=cli_env(), cwd=REPO_ROOT, stdout=log, stderr=log)
+        _wait_for_lines(results, 4, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL, open(str(root / "killed.log")).read()
+    with open(results, "rb") as f:
+        written = f.read().count(b"\n")
+    assert 4 <= written < 54
+    with open(os.path.join(full, "results.jsonl"), "rb") as f:
+        lines = f.readlines()
+    done = {json.loads(line)["id"] for line in open(results, "rb").read().splitlines() if line.endswith(b"}")}
+    torn = next(line for line in lines if json.loads(line)["id"] not in done)
+    with open(results, "ab") as f:
+        f.write(torn[:30])
+    proc = run_cli(args, timeout=600)
+    assert f"videomme: {54 - written} questions answered this run" in proc.stdout
+    got, want = read_results(resumed), read_results(full)
     assert sorted(r["id"] for r in got) == sorted(r["id"] for r in want)
     by_id = {r["id"]: r for r in want}
     for r in got:
         assert r == by_id[r["id"]], r["id"]
-    assert open(os.path.join(resumed, "scores.json")).read() == open(os.path.join(bench["out"], "scores.json")).read()
+    assert open(os.path.join(resumed, "scores.json")).read() == open(os.path.join(full, "scores.json")).read()
     # Rerun with everything written: nothing new, the same scores.
-    again = Evaluator(eval_config(bench["ckpt"], info["data"], info["video_root"])).run(resumed, progress=False)
+    again = Evaluator(eval_config(bench["ckpt"], data, info["video_root"], batch_size=1)).run(resumed, progress=False)
     assert again["evaluated_this_run"] == 0
-    shutil.rmtree(resumed)
+    assert open(os.path.join(resumed, "scores.json")).read() == open(os.path.join(full, "scores.json")).read()
 
 
 def test_likelihood_scoring_picks_the_most_likely_option_letter(bench):
