@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Dict
+from typing import Dict, Optional
 
 import jax
 import ml_collections
 import numpy as np
+from flax import nnx
 
 from leanpo_jax.data import video as video_lib
 from leanpo_jax.data.batch import pad_rows
@@ -33,17 +34,21 @@ def normalise(text: str) -> str:
 
 
 def evaluate(model, interface, data: ml_collections.ConfigDict, triplets: str, *, max_new_tokens: int = 32,
-             batch_size: int = 8) -> Dict:
+             batch_size: int = 8, sampler: Optional[Sampler] = None) -> Dict:
     """-> {accuracy, correct, total, by_kind, gt_logp, gt_logp_avg, examples}. `interface`:
-    the model's data interface (`load_model`).
+    the model's data interface (`load_model`). `sampler`: a greedy sampler built by
+    `answer_sampler` for a model of the same architecture (its compiled programs are reused;
+    its weights are replaced by `model`'s); None builds one.
 
     `by_kind`: {question kind: [correct, total]} where the triplets carry `attributes.question`
     (the demo corpus does), else {}."""
     tok = ChatTokenizer.for_model(interface, data.tokenizer or None)
     frames_n = int(data.num_frames)
     n = interface.video_tokens(frames_n)
-    sampler = Sampler(model, chat_sampling_config(tok, interface.vocab_size,
-                                                  max_new_tokens=max_new_tokens, min_new_tokens=0))
+    if sampler is None:
+        sampler = answer_sampler(model, interface, data, max_new_tokens=max_new_tokens)
+    else:
+        sampler.state = nnx.state(model)
     source = RecordSource(triplets, "triplets")
     records = [source[i] for i in range(len(source))]
     records = [r for r in records if isinstance(r, TripletRecord)]
@@ -84,6 +89,13 @@ def evaluate(model, interface, data: ml_collections.ConfigDict, triplets: str, *
             "by_kind": by_kind,
             "gt_logp": float(np.mean(scores["answer"][keep])), "gt_logp_avg": float(np.mean(scores["answer_avg"][keep])),
             "examples": examples}
+
+
+def answer_sampler(model, interface, data: ml_collections.ConfigDict, *, max_new_tokens: int = 32) -> Sampler:
+    """The greedy chat sampler `evaluate` answers with (stops at the template's end of turn)."""
+    tok = ChatTokenizer.for_model(interface, data.tokenizer or None)
+    return Sampler(model, chat_sampling_config(tok, interface.vocab_size, max_new_tokens=max_new_tokens,
+                                               min_new_tokens=0))
 
 
 def load_model(hf_dir: str, data: ml_collections.ConfigDict):

@@ -240,16 +240,19 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
     stage("evaluation")
     data = base_config(s, paths["tokenizer"]).data
     data.video_root = paths["root"]
-    evals, benchmarks, frames, evaluator = {}, {}, None, None
+    evals, benchmarks, frames, evaluator, sampler = {}, {}, None, None, None
     for name, hf in (("sft", paths["sft_hf"]), *((m, runs[m]["hf"]) for m in METHODS)):
         model, interface = eval_lib.load_model(hf, data)
         frames = interface.frames  # the same frame policy for every model (all from the SFT export)
+        # Every model has the SFT model's architecture: one compiled sampler each, new weights.
+        if sampler is None:
+            sampler = eval_lib.answer_sampler(model, interface, data, max_new_tokens=s.max_new_tokens)
         evals[name] = eval_lib.evaluate(model, interface, data, paths["heldout_triplets"],
-                                        max_new_tokens=s.max_new_tokens)
+                                        max_new_tokens=s.max_new_tokens, sampler=sampler)
         if evaluator is None:
             evaluator = Evaluator(benchmark_config(s, paths), model=model, interface=interface)
         else:
-            evaluator.use_model(model)  # same architecture: the compiled sampler is kept
+            evaluator.use_model(model)
         benchmarks[name] = evaluator.run(os.path.join(workdir, "benchmark", name), progress=False)
     done("evaluation", ", ".join(f"{name} {e['correct']}/{e['total']} (benchmark {benchmarks[name]['correct']}/"
                                  f"{benchmarks[name]['total']})" for name, e in evals.items()))

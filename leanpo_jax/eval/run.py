@@ -114,7 +114,8 @@ class Evaluator:
         d = self.config.data
         return {"task": self.b.task, "data": os.path.abspath(self.b.data), "extractor": self.b.extractor,
                 "post_prompt": self.b.post_prompt,
-                "post_prompt_text": tasks.resolve_post_prompt(self.b.task, self.b.post_prompt), "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
+                "post_prompt_text": tasks.resolve_post_prompt(self.b.task, self.b.post_prompt),
+                "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
                 "num_frames": self.frames, "frame_size": list(self.interface.frames.size),
                 "video_buckets": [list(b.frames.size) for b in self.buckets] if len(self.buckets) > 1 else [],
                 "frame_sampling": d.frame_sampling, "fps_sampling": float(d.fps_sampling),
