@@ -35,7 +35,8 @@ flags.DEFINE_string("task", None, "Benchmark name (eval.benchmark.task).")
 flags.DEFINE_list("tasks", None, "Several benchmarks in one run (one model load), e.g. videomme,mlvu: --data "
                   "then names one file per task and --video-root one folder per task (or one for all), "
                   "comma-separated in the same order; all write into --out.")
-flags.DEFINE_string("data", None, "The benchmark's file: parquet, json or jsonl (eval.benchmark.data).")
+flags.DEFINE_string("data", None, "The benchmark's file (parquet, json or jsonl) or a folder of them, read in "
+                    "name order (eval.benchmark.data).")
 flags.DEFINE_string("video-root", None, "Folder of the videos (eval.benchmark.video_root).")
 flags.DEFINE_string("out", None, "Output folder (results.jsonl, scores.json, report.md, accuracy.png).")
 flags.DEFINE_integer("max-items", None, "Only the first N rows (eval.benchmark.max_items).")

@@ -77,10 +77,20 @@ class _Bad(Exception):
         self.reason, self.detail = reason, detail
 
 
+ROW_FILE_TYPES = (".parquet", ".json", ".jsonl")
+
+
 def load_rows(path: str) -> List[Dict]:
-    """Every row of a local .parquet (pyarrow), .json (a list, or {"data": list}) or .jsonl file."""
+    """Every row of a local .parquet (pyarrow), .json (a list, or {"data": list}) or .jsonl file;
+    of a folder, every such file in it in name order (MLVU's release: json/1_plotQA.json ...)."""
+    if os.path.isdir(path):
+        names = sorted(n for n in os.listdir(path) if os.path.splitext(n)[1].lower() in ROW_FILE_TYPES)
+        if not names:
+            raise FileNotFoundError(f"{path}: a folder with no {'/'.join(ROW_FILE_TYPES)} file "
+                                    "(--data / eval.benchmark.data)")
+        return [row for name in names for row in load_rows(os.path.join(path, name))]
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: no such benchmark file (--data / eval.benchmark.data)")
+        raise FileNotFoundError(f"{path}: no such benchmark file or folder (--data / eval.benchmark.data)")
     ext = os.path.splitext(path)[1].lower()
     if ext == ".parquet":
         try:
@@ -139,8 +149,36 @@ def _mcq(row: Dict, index: int, post_prompt: str) -> EvalItem:
     return EvalItem(str(_field(row, "id")), "mcq", str(_field(row, "video")), text, letters, gold, groups, texts)
 
 
+def mlvu_release_question(question: str, candidates) -> str:
+    """MLVU's own question template (its release's qa_template, the form the lmms-eval rows'
+    `question` holds): "Question: q\nOptions:\n(A) c0\n(B) c1", trailing whitespace stripped."""
+    lines = [f"Question: {question}", "Options:"] + [f"({x}) {c}" for x, c in zip(LETTERS, candidates)]
+    return "\n".join(lines).rstrip()
+
+
+def _mlvu_release(row: Dict, index: int, post_prompt: str) -> EvalItem:
+    # A row of MLVU's release json (video, question, candidates, answer as text, question_type).
+    candidates = [str(c) for c in _field(row, "candidates")]
+    if not 2 <= len(candidates) <= len(LETTERS):
+        raise _Bad("bad_options", f"{len(candidates)} candidates; expected 2 to {len(LETTERS)}")
+    letters, answer = tuple(LETTERS[:len(candidates)]), str(_field(row, "answer"))
+    if answer in candidates:  # the release's rule: the candidate equal to the answer
+        gold = letters[candidates.index(answer)]
+    elif answer.strip() in letters:
+        gold = answer.strip()
+    else:
+        raise _Bad("answer_not_in_options", f"answer {answer!r} is none of the candidates {candidates}")
+    video = str(row.get("video_name") or _field(row, "video"))
+    task_type = str(row.get("task_type") or _field(row, "question_type"))
+    text = mlvu_release_question(str(_field(row, "question")), candidates) + post_prompt
+    rid = str(row.get("question_id") or row.get("id") or f"{video}#{index}")
+    return EvalItem(rid, "mlvu", video, text, letters, gold, {"task_type": task_type}, tuple(candidates))
+
+
 def _mlvu(row: Dict, index: int, post_prompt: str) -> EvalItem:
-    # MLVU's question already lists its options ("(A) ..."): the letters are read from it.
+    if row.get("candidates") is not None and len(row["candidates"]):
+        return _mlvu_release(row, index, post_prompt)
+    # lmms-eval's rows: the question already lists its options ("(A) ..."); letters read from it.
     question, answer = str(_field(row, "question")), str(_field(row, "answer")).strip()
     letters = tuple(x for x in LETTERS if f"({x})" in question) or tuple(LETTERS[:4])
     answer = answer[1] if len(answer) == 3 and answer[0] == "(" and answer[2] == ")" else answer

@@ -128,3 +128,33 @@ def test_loaders_read_parquet_json_and_jsonl(tmp_path):
     (tmp_path / "t.csv").write_text("x")
     with pytest.raises(ValueError, match="unknown benchmark file type '.csv'"):
         tasks.load_rows(str(tmp_path / "t.csv"))
+
+
+def test_mlvu_release_rows_get_the_release_question_template(tmp_path):
+    """MLVU's own release (json/<n>_<task>.json: video, question, candidates, the answer as
+    text, question_type) asks "Question: ...\\nOptions:\\n(A) ..." (its qa_template) with the
+    task's post prompt; the gold letter is the candidate equal to the answer. A folder as --data
+    reads every row file in it in name order."""
+    row = {"video": "movie101_66.mp4", "duration": 246, "question": "What color is the main male character's coat?",
+           "candidates": ["Yellow", "Red", "Green", "Blue "], "answer": "Green", "question_type": "plotQA"}
+    item = only_item("mlvu", row)
+    assert item.question_text == ("Question: What color is the main male character's coat?\nOptions:\n(A) Yellow\n"
+                                  "(B) Red\n(C) Green\n(D) Blue" "\nOnly give the best option.\nBest option: (")
+    assert item.letters == ("A", "B", "C", "D") and item.gold == "C" and item.groups == {"task_type": "plotQA"}
+    assert item.id == "movie101_66.mp4#0" and item.options == ("Yellow", "Red", "Green", "Blue ")
+    assert tasks.video_candidates(item) == ["movie101_66.mp4", "1_plotQA/movie101_66.mp4",
+                                            "video/1_plotQA/movie101_66.mp4"]  # the release's video/1_plotQA/
+    _, bad = tasks.build_items("mlvu", [dict(row, answer="Purple"), dict(row, candidates=["only"])])
+    assert [b.reason for b in bad] == ["answer_not_in_options", "bad_options"]
+
+    folder = tmp_path / "json"
+    folder.mkdir()
+    (folder / "2_needle.json").write_text(json.dumps([dict(row, question_type="needle", answer="Red")]))
+    (folder / "1_plotQA.json").write_text(json.dumps([row]))
+    (folder / "README.txt").write_text("not rows")
+    items, bad = tasks.build_items("mlvu", tasks.load_rows(str(folder)))
+    assert not bad and [(i.id, i.gold, i.groups["task_type"]) for i in items] == [
+        ("movie101_66.mp4#0", "C", "plotQA"), ("movie101_66.mp4#1", "B", "needle")]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="a folder with no .parquet/.json/.jsonl file"):
+        tasks.load_rows(str(tmp_path / "empty"))
