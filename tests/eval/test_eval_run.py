@@ -5,6 +5,7 @@ line) resumes to the same results and scores.json as the uninterrupted run."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -172,23 +173,35 @@ def test_answers_are_cut_at_the_first_stop_string():
 
 
 def test_several_tasks_share_one_model_and_one_output_folder(bench, tmp_path):
-    """run_tasks (the CLI's --tasks): Video-MME and an MCQ file on one model load into one
-    folder: the Video-MME entry equals the single-task run's, both tasks' rows share
-    results.jsonl, scores.json holds both; a task named twice is refused."""
+    """run_tasks (the CLI's --tasks): Video-MME, an MCQ file and MLVU's release folder (json/
+    as --data, its videos found under the folder above) on one model load into one folder: the
+    Video-MME entry equals the single-task run's, all tasks' rows share results.jsonl,
+    scores.json holds all three; a task named twice is refused."""
     info, out = bench["info"], str(tmp_path / "both")
     videos = sorted(os.listdir(info["video_root"]))[:2]
     with open(tmp_path / "mcq.jsonl", "w") as f:
         for i, name in enumerate(videos):
             f.write(json.dumps({"id": f"m{i}", "video": name, "question": "Is it moving?", "options": ["yes", "no"],
                                 "answer": "yes"}) + "\n")
+    # MLVU as its release lays it out: json/<n>_<task>.json rows, videos in video/<n>_<task>/.
+    mlvu = tmp_path / "MLVU"
+    (mlvu / "json").mkdir(parents=True)
+    for task, folder in (("plotQA", "1_plotQA"), ("count", "4_count")):
+        (mlvu / "video" / folder).mkdir(parents=True)
+        shutil.copy(os.path.join(info["video_root"], videos[0]), mlvu / "video" / folder / videos[0])
+        (mlvu / "json" / f"{folder}.json").write_text(json.dumps([
+            {"video": videos[0], "question": "What moves?", "candidates": ["a ball", "a box"], "answer": "a box",
+             "question_type": task}]))
     config = eval_config(bench["ckpt"], info["data"], info["video_root"])
-    results = run_tasks(config, [{"task": "videomme"}, {"task": "mcq", "data": str(tmp_path / "mcq.jsonl")}], out,
-                        progress=False)
+    results = run_tasks(config, [{"task": "videomme"}, {"task": "mcq", "data": str(tmp_path / "mcq.jsonl")},
+                                 {"task": "mlvu", "data": str(mlvu / "json"), "video_root": ""}], out, progress=False)
     assert results["mcq"]["total"] == 2 and results["mcq"]["skipped"] == 0
+    assert results["mlvu"]["total"] == 2 and results["mlvu"]["skipped"] == 0  # both videos found under MLVU/
     scores = report_lib.read_scores(out)
-    assert sorted(scores) == ["mcq", "videomme"]
+    assert sorted(scores) == ["mcq", "mlvu", "videomme"]
+    assert sorted(scores["mlvu"]["groups"]["task_type"]) == ["count", "plotQA"]
     assert scores["videomme"] == report_lib.read_scores(bench["out"])["videomme"]
-    assert sorted({r["task"] for r in read_results(out)}) == ["mcq", "videomme"]
+    assert sorted({r["task"] for r in read_results(out)}) == ["mcq", "mlvu", "videomme"]
     with pytest.raises(ValueError, match="appears twice"):
         run_tasks(config, [{"task": "mcq"}, {"task": "mcq"}], out, progress=False)
 
