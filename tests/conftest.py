@@ -79,6 +79,28 @@ def run_cli(args, *, num_devices=None, env=None, timeout=600, check=True, cwd=No
     return proc
 
 
+def sigkill_after_lines(argv, path, n, *, timeout=300.0):
+    """Starts `argv` (environment: `cli_env`) and SIGKILLs it once `path` holds `n` complete
+    lines (or it ended, or `timeout` passed): a kill at an arbitrary point of a run that writes
+    a JSONL file -> (exit code, its stdout and stderr)."""
+    import signal
+    import time
+
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(argv, env=cli_env(), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    if f.read().count(b"\n") >= n:
+                        break
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=60)
+        log.seek(0)
+        return code, log.read()
+
+
 @pytest.fixture(name="run_cli")
 def run_cli_fixture():
     """The `run_cli` helper as a fixture."""

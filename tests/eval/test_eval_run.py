@@ -7,13 +7,11 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import REPO_ROOT, cli_env, run_cli
+from conftest import run_cli, sigkill_after_lines
 from leanpo_jax.eval import report as report_lib
 from leanpo_jax.eval.run import Evaluator, cut_at_stops, run_tasks
 from leanpo_jax.eval.synthetic import write_synthetic_videomme
@@ -78,17 +76,6 @@ def test_every_row_has_a_result_and_the_scores_count_them(bench):
     assert os.path.getsize(os.path.join(bench["out"], "accuracy.png")) > 1000
 
 
-def _wait_for_lines(path, n, proc, timeout=300.0):
-    """Polls `path` until it holds `n` complete lines (or `proc` ends / the timeout passes)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(path):
-            with open(path, "rb") as f:
-                if f.read().count(b"\n") >= n:
-                    return
-        time.sleep(0.005)
-
-
 def test_a_run_killed_with_sigkill_resumes_to_the_same_scores(bench):
     """A real kill -9 mid-run (one question per batch, 54 questions), then a torn half line as a
     kill during a write leaves it; the resumed CLI run answers only what is missing and its
@@ -106,17 +93,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_scores(bench):
             "--video-root", info["video_root"], "--out", resumed, "--noprogress",
             "--config.data.num_frames=4", "--config.eval.benchmark.batch_size=1"]
     results = os.path.join(resumed, "results.jsonl")
-    with open(str(root / "killed.log"), "w") as log:
-        proc = subprocess.Popen([sys.executable, *args], env=cli_env(), cwd=REPO_ROOT, stdout=log, stderr=log)
-        _wait_for_lines(results, 4, proc)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=60) == -signal.SIGKILL, open(str(root / "killed.log")).read()
+    code, output = sigkill_after_lines([sys.executable, *args], results, 4)
+    assert code == -signal.SIGKILL, output
     with open(results, "rb") as f:
-        written = f.read().count(b"\n")
+        kept = f.read()
+    written = kept.count(b"\n")
     assert 4 <= written < 54
     with open(os.path.join(full, "results.jsonl"), "rb") as f:
         lines = f.readlines()
-    done = {json.loads(line)["id"] for line in open(results, "rb").read().splitlines() if line.endswith(b"}")}
+    done = {json.loads(line)["id"] for line in kept.splitlines() if line.endswith(b"}")}
     torn = next(line for line in lines if json.loads(line)["id"] not in done)
     with open(results, "ab") as f:
         f.write(torn[:30])

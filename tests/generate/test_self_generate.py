@@ -8,15 +8,13 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import ml_collections
 import pytest
 
-from conftest import REPO_ROOT, cli_env
+from conftest import REPO_ROOT, cli_env, sigkill_after_lines
 
 from leanpo_jax.data import synthetic
 from leanpo_jax.generate import self_generate
@@ -58,13 +56,7 @@ def rows_of(path):
 def test_killed_restarted_complete_and_readable_by_training(corpus):
     root, input_path = corpus
     output = os.path.join(root, "out", "pairs.jsonl")
-    proc = subprocess.Popen(command(root, input_path, output), env=cli_env(), cwd=REPO_ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not rows_of(output):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
+    sigkill_after_lines(command(root, input_path, output), output, 1)
     first = rows_of(output)
     assert 1 <= len(first) <= GOOD
     with open(output, "a", encoding="utf-8") as f:
