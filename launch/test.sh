@@ -13,7 +13,5 @@ source launch/_venv.sh
 ensure_venv test
 if [ "$#" -eq 0 ]; then set -- tests; fi
 workers="${LEANPO_TEST_WORKERS:-2}"
-if [ "$workers" = "0" ]; then
-    exec "$VENV_PYTHON" -m pytest --durations=20 "$@"
-fi
-exec "$VENV_PYTHON" -m pytest -n "$workers" --dist loadfile --durations=20 "$@"
+if [ "$workers" != "0" ]; then set -- -n "$workers" --dist loadfile "$@"; fi
+exec "$VENV_PYTHON" -m pytest --durations=20 "$@"

@@ -244,7 +244,7 @@ def run_demo(workdir: str, settings: Settings = Settings()) -> Dict:
     for name, hf in (("sft", paths["sft_hf"]), *((m, runs[m]["hf"]) for m in METHODS)):
         model, interface = eval_lib.load_model(hf, data)
         frames = interface.frames  # the same frame policy for every model (all from the SFT export)
-        # Every model has the SFT model's architecture: one compiled sampler each, new weights.
+        # Every model has the SFT model's architecture: one compiled sampler, each model's weights.
         if sampler is None:
             sampler = eval_lib.answer_sampler(model, interface, data, max_new_tokens=s.max_new_tokens)
         evals[name] = eval_lib.evaluate(model, interface, data, paths["heldout_triplets"],
